@@ -1,0 +1,306 @@
+"""The asyncio client: multiplexed calls over one connection, notifications, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Final, cast
+
+from ._protocol import ClientProtocol, Notification, Response, default_socket_path
+from .errors import (
+    CallTimeoutError,
+    ConnectionLostError,
+    MadsidecarError,
+    ProtocolViolationError,
+    error_from_map,
+)
+
+DEFAULT_TIMEOUT_S: Final = 10.0
+RECONNECT_FIRST_S: Final = 0.05
+RECONNECT_MAX_S: Final = 2.0
+
+NotificationHandler = Callable[[Notification], Any]
+
+
+def effective_timeout(timeout: float | None, default: float | None, params: Any) -> float | None:
+    """A call that asks the sidecar to wait gets that much longer on the client side."""
+    chosen = default if timeout is None else timeout
+    if chosen is None or not params:
+        return chosen
+    wait_ms = params.get("wait_ms")
+    return chosen + wait_ms / 1000 if isinstance(wait_ms, int) and wait_ms > 0 else chosen
+
+
+class _Wire(asyncio.Protocol):
+    """The asyncio side of one connection; the client's state outlives it."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._client._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._client._on_lost(self, exc)
+
+
+class Client:
+    """An asyncio connection to the sidecar.
+
+    Calls may be issued concurrently; each gets its own msgid. When the connection drops,
+    pending calls fail with `ConnectionLostError`; the next call reconnects (with backoff)
+    and says `hello` again with the same namespace. Nothing else is replayed: locks,
+    leases and presence belonged to the old connection and are gone with it.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        namespace: str | None = None,
+        client_name: str = "madsidecar-python",
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        reconnect: bool = True,
+    ) -> None:
+        self.path = path or default_socket_path()
+        self.namespace = namespace
+        self.client_name = client_name
+        self.timeout = timeout
+        self.reconnect = reconnect
+        self.server_info: dict[str, Any] | None = None
+        self._proto = ClientProtocol()
+        self._wire: _Wire | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._handlers: dict[str, list[NotificationHandler]] = {}
+        self._queues: list[asyncio.Queue[Notification]] = []
+        self._connecting: asyncio.Task[None] | None = None
+        self._closed = False
+        self.on_disconnect: Callable[[Exception | None], Any] | None = None
+        self.on_reconnect: Callable[[], Any] | None = None
+        self._ever_connected = False
+
+    @classmethod
+    async def connect(cls, path: str | None = None, **kwargs: Any) -> Client:
+        client = cls(path, **kwargs)
+        await client._ensure_connected(client.timeout)
+        return client
+
+    async def __aenter__(self) -> Client:
+        await self._ensure_connected(self.timeout)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._wire is not None and self._wire.transport is not None
+
+    async def close(self) -> None:
+        self._closed = True
+        wire = self._wire
+        if wire is not None and wire.transport is not None:
+            wire.transport.close()
+        self._fail_pending(ConnectionLostError("client closed"))
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Send one request and return its result; raises the error class of its code."""
+        limit = effective_timeout(timeout, self.timeout, params)
+        transport = self._transport_or_none()
+        if transport is None:
+            await self._ensure_connected(limit)
+            transport = self._transport_or_none()
+            if transport is None:
+                raise ConnectionLostError(f"not connected to {self.path}")
+        future = self._send(transport, method, params)
+        return await self._await_reply(future, limit)
+
+    async def pipeline(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any] | None]],
+        *,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Send many requests in one write; results (or exception objects) in order."""
+        limit = effective_timeout(timeout, self.timeout, None)
+        if self._transport_or_none() is None:
+            await self._ensure_connected(limit)
+        transport = self._transport_or_none()
+        if transport is None:
+            raise ConnectionLostError(f"not connected to {self.path}")
+        futures = []
+        frames = []
+        for method, params in calls:
+            msgid = self._proto.next_msgid(self._pending)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending[msgid] = future
+            futures.append(future)
+            frames.append(self._proto.request(msgid, method, params))
+        transport.write(b"".join(frames))
+        results: list[Any] = []
+        for future in futures:
+            try:
+                results.append(await self._await_reply(future, limit))
+            except MadsidecarError as exc:
+                results.append(exc)
+        return results
+
+    async def hello(self, namespace: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"client": self.client_name}
+        if namespace or self.namespace:
+            params["namespace"] = namespace or self.namespace
+        info: dict[str, Any] = await self.call("hello", params)
+        self.namespace = info.get("namespace", self.namespace)
+        self.server_info = info
+        return info
+
+    async def ping(self) -> str:
+        result: str = await self.call("ping")
+        return result
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("stats")
+        return result
+
+    # -- notifications ------------------------------------------------------------------
+
+    def on(self, name: str, handler: NotificationHandler) -> None:
+        """Call `handler(notification)` for every notification called `name` ("*": all)."""
+        self._handlers.setdefault(name, []).append(handler)
+
+    async def notifications(self, maxsize: int = 10_000) -> AsyncIterator[Notification]:
+        """Every notification from now on, in order, as an async iterator."""
+        queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize)
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _transport_or_none(self) -> asyncio.Transport | None:
+        wire = self._wire
+        return wire.transport if wire is not None else None
+
+    def _send(
+        self, transport: asyncio.Transport, method: str, params: dict[str, Any] | None
+    ) -> asyncio.Future[Any]:
+        msgid = self._proto.next_msgid(self._pending)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msgid] = future
+        transport.write(self._proto.request(msgid, method, params))
+        return future
+
+    async def _await_reply(self, future: asyncio.Future[Any], limit: float | None) -> Any:
+        if limit is None:
+            return await future
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(limit, _expire, future, limit)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    async def _ensure_connected(self, limit: float | None) -> None:
+        if self._closed:
+            raise ConnectionLostError("client closed")
+        if self._connecting is None or self._connecting.done():
+            if self._ever_connected and not self.reconnect:
+                raise ConnectionLostError(f"connection to {self.path} lost; reconnect is off")
+            self._connecting = asyncio.create_task(self._connect_with_backoff())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connecting), limit)
+        except TimeoutError:
+            raise CallTimeoutError(f"could not connect to {self.path} within {limit} s") from None
+
+    async def _connect_with_backoff(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                await self._connect_once()
+                return
+            except OSError as exc:
+                if not self.reconnect and not self._ever_connected:
+                    raise ConnectionLostError(f"cannot connect to {self.path}: {exc}") from exc
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, wire = await loop.create_unix_connection(lambda: _Wire(self), self.path)
+        self._proto.reset()
+        self._wire = wire
+        reconnected = self._ever_connected
+        self._ever_connected = True
+        if self.namespace is not None or reconnected:
+            await self.call("hello", {"client": self.client_name, "namespace": self.namespace})
+        if reconnected and self.on_reconnect is not None:
+            self.on_reconnect()
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            for message in self._proto.receive_data(data):
+                if type(message) is Response:
+                    self._resolve(message)
+                else:
+                    self._deliver(message)  # type: ignore[arg-type]
+        except ProtocolViolationError as exc:
+            self._fail_pending(exc)
+            wire = self._wire
+            if wire is not None and wire.transport is not None:
+                wire.transport.close()
+        except Exception as exc:  # undecodable bytes from the server
+            self._fail_pending(ProtocolViolationError(f"unreadable reply: {exc}"))
+
+    def _resolve(self, response: Response) -> None:
+        future = self._pending.pop(response.msgid, None)
+        if future is None or future.done():
+            return
+        if response.error is None:
+            future.set_result(response.result)
+        else:
+            future.set_exception(error_from_map(response.error))
+
+    def _deliver(self, note: Notification) -> None:
+        for handler in self._handlers.get(note.name, ()) + self._handlers.get("*", []):
+            try:
+                result = handler(note)
+                if asyncio.iscoroutine(result):
+                    asyncio.ensure_future(result)
+            except Exception:
+                continue  # a broken handler must not stop replies being delivered
+        for queue in self._queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(note)
+
+    def _on_lost(self, wire: _Wire, exc: Exception | None) -> None:
+        if wire is not self._wire:
+            return
+        self._wire = None
+        self._fail_pending(ConnectionLostError(f"connection to {self.path} lost"))
+        if self.on_disconnect is not None and not self._closed:
+            self.on_disconnect(exc)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Any], limit: float) -> None:
+    if not future.done():
+        future.set_exception(CallTimeoutError(f"no reply within {limit} s"))

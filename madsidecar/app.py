@@ -1,0 +1,147 @@
+"""Wires configuration, Redis, capabilities and the server together; owns the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .config import Config, ConfigError, load_config, read_redis_password, reload_changes
+from .core import CoreMethods
+from .embedded_redis import EmbeddedRedis
+from .logs import configure_logging
+from .methods import Capability, MethodTable
+from .redis_gateway import RedisGateway, RedisSettings
+from .server import Server
+from .systemd import SystemdNotifier, take_activated_socket
+
+log = structlog.get_logger("madsidecar")
+
+
+class Sidecar:
+    """One running daemon. `run()` returns the process exit status."""
+
+    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self._reload_config = reload_config or (lambda: load_config({}, None))
+        self._stop = asyncio.Event()
+        self._notifier = SystemdNotifier.from_env()
+        self.embedded: EmbeddedRedis | None = None
+        self.gateway: RedisGateway | None = None
+        self.server: Server | None = None
+        self._capabilities: list[Capability] = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        log.info(
+            "starting",
+            version=__version__,
+            node_id=self.config.node_id,
+            redis=self.config.redacted_redis_url() or "embedded",
+        )
+        redis_url = self.config.redis_url
+        if redis_url is None:
+            self.embedded = EmbeddedRedis(self.config)
+            redis_url = await self.embedded.start()
+        try:
+            await self._serve(redis_url)
+        finally:
+            await self._shutdown_redis()
+        log.info("stopped")
+        return 0
+
+    async def _serve(self, redis_url: str) -> None:
+        self.gateway = RedisGateway(
+            RedisSettings(
+                url=redis_url,
+                password=read_redis_password(self.config),
+                timeout_ms=self.config.redis_timeout_ms,
+                connect_timeout_ms=self.config.redis_connect_timeout_ms,
+                health_interval_ms=self.config.redis_health_interval_ms,
+            )
+        )
+        self.gateway.start()
+        table = MethodTable()
+        self.server = Server(self.config, table, self._capabilities)
+        self._capabilities.append(
+            CoreMethods(self.server, self.gateway, self._capability_stats, self.embedded is not None)
+        )
+        for capability in self._capabilities:
+            for method in capability.methods():
+                table.register(method)
+            await capability.start()
+        await self.server.listen(take_activated_socket())
+        self._install_signal_handlers()
+        self._notifier.start_watchdog()
+        ready = asyncio.create_task(self._announce_ready())
+        await self._stop.wait()
+        ready.cancel()
+        await self._drain()
+
+    async def _announce_ready(self) -> None:
+        assert self.gateway is not None
+        self._notifier.status("waiting for Redis")
+        await self.gateway.wait_connected()
+        self._notifier.ready("serving")
+        log.info("ready", socket=self.config.socket)
+
+    async def _drain(self) -> None:
+        assert self.server is not None
+        log.info("shutting_down", deadline_ms=self.config.shutdown_timeout_ms)
+        self._notifier.stopping()
+        self._notifier.stop_watchdog()
+        await self.server.drain(self.config.shutdown_timeout_ms / 1000)
+        for capability in reversed(self._capabilities):
+            try:
+                await capability.close()
+            except Exception:
+                log.exception("capability_close_failed", capability=capability.group)
+
+    async def _shutdown_redis(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    def _capability_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for capability in self._capabilities:
+            stats.update(capability.stats())
+        return stats
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read env and the TOML file; apply what can change while running."""
+        try:
+            fresh = self._reload_config()
+        except ConfigError as exc:
+            log.error("reload_rejected", reason=str(exc))
+            return
+        self.config, applied, ignored = reload_changes(self.config, fresh)
+        if "log_level" in applied:
+            configure_logging(self.config.log_level, self.config.log_format)
+        if self.server is not None:
+            self.server.apply_config(self.config)
+        log.info("reloaded", applied=applied or None, needs_restart=ignored or None)
+
+
+def run_sidecar(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run in the foreground on uvloop until SIGTERM/SIGINT."""
+    import uvloop
+
+    sidecar = Sidecar(config, reload_config)
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(sidecar.run())
+    return 0

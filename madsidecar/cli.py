@@ -1,0 +1,125 @@
+"""`madsidecar run | ping | stats`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_SOCKET, ConfigError, env_name, load_config, scalar_settings
+
+DESCRIPTION = """\
+madsidecar: one daemon per node that owns the Redis connection, an in-process cache,
+locks, sessions, presence and rate limits. Services talk to it over a Unix socket.
+
+  madsidecar run                  start it in the foreground (an embedded redis-server
+                                  is started when no --redis-url is given)
+  madsidecar ping                 check that a running sidecar answers
+  madsidecar stats                print a running sidecar's counters as JSON
+"""
+
+RUN_EPILOG = """\
+Every flag can also be set as an environment variable MADSIDECAR_<NAME> (for example
+--redis-url is MADSIDECAR_REDIS_URL) or as a key in the TOML file given by --config.
+Flags win over the environment, which wins over the file. SIGTERM drains and exits,
+SIGHUP reloads log_level, policy, max_inflight and shutdown_timeout_ms.
+See docs/configuration.md for every setting.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="madsidecar",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"madsidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the sidecar in the foreground",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    for setting in scalar_settings():
+        if setting.metadata.get("secret"):
+            continue  # secrets come from env or files, never from argv (visible in ps)
+        flag = "--" + setting.name.replace("_", "-")
+        run.add_argument(
+            flag,
+            dest=setting.name,
+            metavar=setting.name.upper().split("_")[-1],
+            help=f"{setting.metadata['help']} [env {env_name(setting.name)}]",
+        )
+
+    for name, summary in (("ping", "check that a sidecar answers"), ("stats", "print counters")):
+        sub = commands.add_parser(name, help=summary)
+        sub.add_argument(
+            "--socket",
+            help=f"socket path [env MADSIDECAR_SOCKET, default {DEFAULT_SOCKET}]",
+        )
+        sub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return _talk(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import run_sidecar
+    from .logs import configure_logging
+    from .server import StartupError
+
+    flags: dict[str, str | None] = {
+        setting.name: getattr(args, setting.name, None) for setting in scalar_settings()
+    }
+    flags["config"] = args.config
+
+    def load() -> Any:
+        return load_config(flags, os.environ)
+
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"madsidecar: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    try:
+        return run_sidecar(config, load)
+    except StartupError as exc:
+        print(f"madsidecar: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _talk(args: argparse.Namespace) -> int:
+    from madsidecar_client import BlockingClient, MadsidecarError
+
+    path = args.socket or os.environ.get("MADSIDECAR_SOCKET") or DEFAULT_SOCKET
+    try:
+        with BlockingClient(path, timeout=args.timeout, reconnect=False) as client:
+            if args.command == "ping":
+                started = time.perf_counter()
+                reply = client.ping()
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                print(f"{reply} from {path} in {elapsed_ms:.2f} ms")
+            else:
+                print(json.dumps(client.stats(), indent=2, sort_keys=True, default=repr))
+    except MadsidecarError as exc:
+        print(
+            f"madsidecar: no answer from {path}: {exc.message} "
+            "(is it running? start it with `madsidecar run`, or pass --socket)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,356 @@
+"""One typed configuration object, built from flags, `MADSIDECAR_*` env and a TOML file.
+
+Precedence, highest first: command-line flag, environment variable, TOML file, default.
+Every setting is validated at start; an error names the setting and where the bad value
+came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from socket import gethostname
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .protocol import DEFAULT_MAX_FRAME_BYTES
+
+ENV_PREFIX: Final = "MADSIDECAR_"
+DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
+MAX_NAME_BYTES: Final = 512
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """Which peers (by uid/gid) may use which namespaces and method groups.
+
+    `uids`/`gids` of None match any peer; a rule with both set matches a peer that has
+    either. `"*"` in `namespaces` or `methods` allows everything.
+    """
+
+    uids: frozenset[int] | None = None
+    gids: frozenset[int] | None = None
+    namespaces: frozenset[str] = frozenset({"default"})
+    methods: frozenset[str] = frozenset({"*"})
+
+    def matches(self, uid: int | None, gid: int | None) -> bool:
+        if self.uids is None and self.gids is None:
+            return True
+        return (self.uids is not None and uid in self.uids) or (
+            self.gids is not None and gid in self.gids
+        )
+
+    def allows_namespace(self, namespace: str) -> bool:
+        return "*" in self.namespaces or namespace in self.namespaces
+
+    def allows_group(self, group: str) -> bool:
+        return "*" in self.methods or group in self.methods
+
+
+DEFAULT_POLICY: Final = (PolicyRule(),)
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    choices: tuple[str, ...] = (),
+    reloadable: bool = False,
+    secret: bool = False,
+) -> Any:
+    meta = {
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "reloadable": reloadable,
+        "secret": secret,
+    }
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Config:
+    socket: str = _setting(DEFAULT_SOCKET, "Unix socket path clients connect to")
+    socket_mode: int = _setting(
+        0o660, "permission bits of the socket file (octal, e.g. 0660)", minimum=0, maximum=0o777
+    )
+    socket_group: str | None = _setting(None, "group that owns the socket file")
+    redis_url: str | None = _setting(
+        None, "redis://, rediss:// or unix:// URL; unset: run an embedded redis-server"
+    )
+    redis_password: str | None = _setting(
+        None, "Redis password (prefer redis_password_file)", secret=True
+    )
+    redis_password_file: str | None = _setting(None, "file holding the Redis password")
+    redis_timeout_ms: int = _setting(
+        1000, "deadline of every Redis command", minimum=10, maximum=600_000
+    )
+    redis_connect_timeout_ms: int = _setting(
+        1000, "deadline of one connection attempt", minimum=10, maximum=600_000
+    )
+    redis_health_interval_ms: int = _setting(
+        500, "how often the link to Redis is probed", minimum=50, maximum=60_000
+    )
+    node_id: str = _setting(gethostname(), "this node's name, unique in the fleet")
+    key_prefix: str = _setting("msc:", "prefix of every key the sidecar writes to Redis")
+    max_frame_bytes: int = _setting(
+        DEFAULT_MAX_FRAME_BYTES,
+        "largest frame accepted or sent",
+        minimum=1024,
+        maximum=1 << 30,
+    )
+    max_inflight: int = _setting(
+        1024,
+        "unanswered requests per connection before reading pauses",
+        minimum=1,
+        maximum=1_000_000,
+        reloadable=True,
+    )
+    shutdown_timeout_ms: int = _setting(
+        3000,
+        "how long SIGTERM waits for in-flight requests",
+        minimum=0,
+        maximum=600_000,
+        reloadable=True,
+    )
+    log_level: str = _setting(
+        "info",
+        "least severe level logged",
+        choices=("debug", "info", "warning", "error"),
+        reloadable=True,
+    )
+    log_format: str = _setting("kv", "log line format", choices=("kv", "json"))
+    redis_server: str = _setting(
+        "redis-server", "redis-server binary used for the embedded default"
+    )
+    embedded_dir: str | None = _setting(
+        None, "directory of the embedded redis-server; unset: a private temporary one"
+    )
+    embedded_persistence: bool = _setting(
+        False, "let the embedded redis-server keep an append-only file in embedded_dir"
+    )
+    embedded_maxmemory: str | None = _setting(
+        None, "maxmemory of the embedded redis-server, e.g. 256mb"
+    )
+    policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
+    config_file: str | None = field(default=None, metadata={})
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    def redacted_redis_url(self) -> str | None:
+        return redact_url(self.redis_url) if self.redis_url else None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe to log."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, at, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***{at}{hostpart}" if ":" in userinfo else url
+
+
+def scalar_settings() -> list[dataclasses.Field[Any]]:
+    """Settings that flags and env can carry (everything but `policy`/`config_file`)."""
+    return [f for f in dataclasses.fields(Config) if "help" in f.metadata]
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def load_config(
+    flags: Mapping[str, str | None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from flags (already parsed, None = not given) and env."""
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    config_file = flags.pop("config", None) or env.get(env_name("config"))
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_toml(config_file))
+    for setting in scalar_settings():
+        raw_env = env.get(env_name(setting.name))
+        if raw_env is not None and raw_env != "":
+            values[setting.name] = _parse(setting, raw_env, env_name(setting.name))
+        raw_flag = flags.get(setting.name)
+        if raw_flag is not None:
+            values[setting.name] = _parse(setting, raw_flag, "--" + setting.name.replace("_", "-"))
+    unknown_flags = set(flags) - {s.name for s in scalar_settings()}
+    if unknown_flags:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown_flags))}")
+    if config_file:
+        values["config_file"] = config_file
+    config = Config(**values)
+    return _validated(config)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config_file: {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config_file: cannot read {path}: {exc}") from None
+    known = {s.name: s for s in scalar_settings()}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        where = f"{path}: {key}"
+        if key == "policy":
+            values["policy"] = _parse_policy(raw, where)
+        elif key in known:
+            values[key] = _check_type(known[key], raw, where)
+        else:
+            raise ConfigError(f"{key}: unknown setting in {path}")
+    return values
+
+
+def _field_type(setting: dataclasses.Field[Any]) -> type:
+    text = str(setting.type)
+    for candidate in (bool, int, str):
+        if text.startswith(candidate.__name__):
+            return candidate
+    raise AssertionError(f"unsupported setting type {text}")
+
+
+def _parse(setting: dataclasses.Field[Any], raw: str, where: str) -> Any:
+    kind = _field_type(setting)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{setting.name}: expected true or false, got {raw!r} from {where}")
+    if kind is int:
+        base = 8 if setting.name == "socket_mode" else 10
+        try:
+            return int(raw.strip().replace("_", ""), base)
+        except ValueError:
+            raise ConfigError(
+                f"{setting.name}: expected an integer, got {raw!r} from {where}"
+            ) from None
+    return raw
+
+
+def _check_type(setting: dataclasses.Field[Any], raw: Any, where: str) -> Any:
+    kind = _field_type(setting)
+    if setting.name == "socket_mode" and isinstance(raw, str):
+        return _parse(setting, raw, where)
+    if type(raw) is not kind:
+        raise ConfigError(
+            f"{setting.name}: expected {kind.__name__}, got {type(raw).__name__} in {where}"
+        )
+    return raw
+
+
+def _parse_policy(raw: Any, where: str) -> tuple[PolicyRule, ...]:
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError(f"policy: expected [[policy]] tables in {where}")
+    rules = []
+    for index, table in enumerate(raw):
+        here = f"policy[{index}]"
+        unknown = set(table) - {"uids", "gids", "namespaces", "methods"}
+        if unknown:
+            raise ConfigError(f"{here}: unknown keys {sorted(unknown)} in {where}")
+        rules.append(
+            PolicyRule(
+                uids=_int_set(table.get("uids"), f"{here}.uids"),
+                gids=_int_set(table.get("gids"), f"{here}.gids"),
+                namespaces=_str_set(table.get("namespaces", ["default"]), f"{here}.namespaces"),
+                methods=_str_set(table.get("methods", ["*"]), f"{here}.methods"),
+            )
+        )
+    return tuple(rules)
+
+
+def _int_set(raw: Any, name: str) -> frozenset[int] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(type(v) is int and v >= 0 for v in raw):
+        raise ConfigError(f"{name}: expected a list of non-negative integers")
+    return frozenset(raw)
+
+
+def _str_set(raw: Any, name: str) -> frozenset[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw):
+        raise ConfigError(f"{name}: expected a non-empty list of names")
+    return frozenset(raw)
+
+
+def _validated(config: Config) -> Config:
+    for setting in scalar_settings():
+        value = getattr(config, setting.name)
+        if value is None:
+            continue
+        meta = setting.metadata
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            raise ConfigError(f"{setting.name}: must be at least {meta['minimum']}, got {value}")
+        if meta["maximum"] is not None and value > meta["maximum"]:
+            raise ConfigError(f"{setting.name}: must be at most {meta['maximum']}, got {value}")
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(
+                f"{setting.name}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+            )
+    if not config.socket:
+        raise ConfigError("socket: must not be empty")
+    if not config.key_prefix:
+        raise ConfigError("key_prefix: must not be empty")
+    if not config.node_id or len(config.node_id.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"node_id: must be 1 to {MAX_NAME_BYTES} bytes")
+    if config.redis_url is not None and not config.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"redis_url: must start with redis://, rediss:// or unix://, "
+            f"got {redact_url(config.redis_url)!r}"
+        )
+    if config.redis_password_file is not None:
+        try:
+            with open(config.redis_password_file, encoding="utf-8") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ConfigError(f"redis_password_file: cannot read it: {exc.strerror}") from None
+    return config
+
+
+def reload_changes(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """Apply the reloadable settings of `new` onto `old`.
+
+    Returns the resulting config, the names applied, and the names that changed but
+    need a restart.
+    """
+    applied: list[str] = []
+    ignored: list[str] = []
+    updates: dict[str, Any] = {}
+    for setting in dataclasses.fields(Config):
+        before, after = getattr(old, setting.name), getattr(new, setting.name)
+        if before == after:
+            continue
+        if setting.metadata.get("reloadable"):
+            updates[setting.name] = after
+            applied.append(setting.name)
+        else:
+            ignored.append(setting.name)
+    return dataclasses.replace(old, **updates), applied, ignored
+
+
+def read_redis_password(config: Config) -> str | None:
+    if config.redis_password_file is not None:
+        with open(config.redis_password_file, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return config.redis_password

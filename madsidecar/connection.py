@@ -1,0 +1,307 @@
+"""One client connection: a thin asyncio shell around `ServerProtocol`.
+
+Flow control is explicit, in the manner of uvicorn: reading pauses while `max_inflight`
+requests are unanswered or while the client is not reading our replies (the transport's
+write buffer is over its high-water mark), so a stalled client holds a bounded amount of
+memory and never slows anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import structlog
+
+from .config import PolicyRule
+from .errors import ErrorCode, Forbidden, ShuttingDown, SidecarError, UnknownMethod, error_map
+from .methods import Method
+from .peer import UNKNOWN_PEER, PeerCredentials, read_peer_credentials, rule_for
+from .protocol import NEED_DATA, FatalFrame, InvalidMessage, Request, ServerProtocol
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = structlog.get_logger("madsidecar.connection")
+
+_ALWAYS_ALLOWED: Final = frozenset({"ping", "hello"})
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: Server, conn_id: int) -> None:
+        self._server = server
+        self._proto = ServerProtocol(server.config.max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._key_tails: dict[tuple[str, Any], asyncio.Task[None]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._bad_frames = 0
+        self.conn_id = conn_id
+        self.peer: PeerCredentials = UNKNOWN_PEER
+        self.rule: PolicyRule | None = None
+        self.namespace = "default"
+        self.client_name: str | None = None
+        self.closed = False
+        self.requests = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = read_peer_credentials(transport.get_extra_info("socket"))
+        self.rule = rule_for(self._server.config.policy, self.peer)
+        self._server.connection_opened(self)
+        log.info(
+            "client_connected",
+            conn=self.conn_id,
+            pid=self.peer.pid,
+            uid=self.peer.uid,
+            gid=self.peer.gid,
+            allowed=self.rule is not None,
+        )
+        if self._server.draining:
+            self.notify("shutdown", {"deadline_ms": 0})
+
+    def data_received(self, data: bytes) -> None:
+        self._proto.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._transport = None
+        for task in self._tasks:
+            task.cancel()
+        self._server.connection_closed(self)
+        log.info(
+            "client_disconnected",
+            conn=self.conn_id,
+            pid=self.peer.pid,
+            requests=self.requests,
+            bad_frames=self._bad_frames,
+        )
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._process()
+
+    # -- what handlers see --------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    def notify(self, name: str, payload: dict[str, Any]) -> None:
+        self._send(self._proto.notification(name, payload))
+
+    def refresh_rule(self) -> None:
+        self.rule = rule_for(self._server.config.policy, self.peer)
+
+    def close(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def cancel_inflight(self) -> None:
+        """Refuse what is still running (drain deadline passed); each gets SHUTTING_DOWN."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- reading and dispatch -----------------------------------------------------------
+
+    def _process(self) -> None:
+        proto = self._proto
+        limit = self._server.config.max_inflight
+        while not self.closed:
+            if len(self._tasks) >= limit or self._writing_paused:
+                self._pause_reading()
+                break
+            event = proto.next_event()
+            if event is NEED_DATA:
+                self._resume_reading()
+                break
+            kind = type(event)
+            if kind is Request:
+                self._dispatch(event)  # type: ignore[arg-type]
+            elif kind is InvalidMessage:
+                self._reject(event)  # type: ignore[arg-type]
+            else:
+                self._fail(event)  # type: ignore[arg-type]
+                return
+        self._flush()
+
+    def _dispatch(self, request: Request) -> None:
+        self.requests += 1
+        server = self._server
+        server.requests += 1
+        method = server.table.get(request.method)
+        try:
+            if method is None:
+                raise UnknownMethod(f"no such method: {request.method!r}")
+            if server.draining:
+                raise ShuttingDown("the sidecar is shutting down")
+            self._authorize(method)
+            args = method.bind(request.args)
+        except SidecarError as exc:
+            self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
+            return
+        if method.is_async:
+            self._start_task(method, request.msgid, args)
+            return
+        try:
+            result = method.handler(self, args)
+        except SidecarError as exc:
+            self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
+            return
+        except Exception:
+            self._out.append(self._internal_error(request.msgid, method.name))
+            return
+        self._out.append(self._encode_result(request.msgid, method.name, result))
+
+    def _authorize(self, method: Method) -> None:
+        if method.name in _ALWAYS_ALLOWED:
+            return
+        rule = self.rule
+        if rule is None or not rule.allows_group(method.group):
+            raise Forbidden(f"this peer may not call {method.name}")
+        if method.group != "core" and not rule.allows_namespace(self.namespace):
+            raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
+
+    def _start_task(self, method: Method, msgid: int, args: dict[str, Any]) -> None:
+        previous: asyncio.Task[None] | None = None
+        key: tuple[str, Any] | None = None
+        if method.ordered_by is not None:
+            key = (method.group, args[method.ordered_by])
+            previous = self._key_tails.get(key)
+        task = self._loop.create_task(self._run(method, msgid, args, previous, key))
+        self._tasks.add(task)
+        if key is not None:
+            self._key_tails[key] = task
+
+    async def _run(
+        self,
+        method: Method,
+        msgid: int,
+        args: dict[str, Any],
+        previous: asyncio.Task[None] | None,
+        key: tuple[str, Any] | None,
+    ) -> None:
+        reply: bytes | None = None
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait((previous,))
+            result = await method.handler(self, args)
+            reply = self._encode_result(msgid, method.name, result)
+        except SidecarError as exc:
+            reply = self._proto.error_response(msgid, exc.to_map())
+        except asyncio.CancelledError:
+            if self._server.draining and not self.closed:
+                reply = self._proto.error_response(
+                    msgid, error_map(ErrorCode.SHUTTING_DOWN, "the sidecar is shutting down")
+                )
+        except Exception:
+            reply = self._internal_error(msgid, method.name)
+        finally:
+            task = asyncio.current_task()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            if key is not None and self._key_tails.get(key) is task:
+                del self._key_tails[key]
+        if reply is not None:
+            self._send(reply)
+        if self._reading_paused and not self._writing_paused:
+            self._process()
+
+    def _encode_result(self, msgid: int, method: str, result: Any) -> bytes:
+        try:
+            reply = self._proto.response(msgid, result)
+        except Exception:
+            return self._internal_error(msgid, method)
+        if len(reply) - 4 > self._server.config.max_frame_bytes:
+            return self._proto.error_response(
+                msgid,
+                error_map(
+                    ErrorCode.BAD_REQUEST,
+                    f"{method}: the result ({len(reply) - 4} bytes) exceeds max_frame_bytes; "
+                    "ask for less at a time",
+                ),
+            )
+        return reply
+
+    def _internal_error(self, msgid: int, method: str) -> bytes:
+        error_id = uuid.uuid4().hex[:16]
+        log.exception("internal_error", conn=self.conn_id, method=method, error_id=error_id)
+        return self._proto.error_response(
+            msgid, error_map(ErrorCode.INTERNAL, "internal error", error_id=error_id)
+        )
+
+    def _reject(self, event: InvalidMessage) -> None:
+        self._bad_frames += 1
+        if self._bad_frames == 1:
+            log.warning(
+                "client_sent_invalid_message",
+                conn=self.conn_id,
+                pid=self.peer.pid,
+                code=event.error["code"],
+                reason=event.error["message"],
+            )
+        if event.msgid is not None:
+            self._out.append(self._proto.error_response(event.msgid, event.error))
+        else:
+            self._out.append(self._proto.notification("error", event.error))
+
+    def _fail(self, event: FatalFrame) -> None:
+        log.warning(
+            "client_sent_bad_frame_header",
+            conn=self.conn_id,
+            pid=self.peer.pid,
+            code=event.error["code"],
+            reason=event.error["message"],
+        )
+        self._out.append(self._proto.notification("error", event.error))
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+

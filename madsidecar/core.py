@@ -1,0 +1,113 @@
+"""Connection methods: hello, ping, stats, health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import PROTOCOL_VERSION, __version__
+from .errors import Forbidden
+from .methods import Arg, Client, Method
+from .redis_gateway import RedisGateway
+from .server import Server
+
+StatsSource = Callable[[], dict[str, Any]]
+
+# Sections the contract requires in `stats`; a capability that owns one replaces it.
+REQUIRED_SECTIONS: dict[str, dict[str, int]] = {
+    "cache": {"l1_hits": 0, "l2_hits": 0, "misses": 0, "l1_entries": 0, "l1_bytes": 0},
+    "locks": {"held": 0},
+    "presence": {"tracked": 0},
+}
+
+
+class CoreMethods:
+    group = "core"
+
+    def __init__(
+        self,
+        server: Server,
+        gateway: RedisGateway,
+        capability_stats: StatsSource,
+        embedded: bool,
+    ) -> None:
+        self._server = server
+        self._gateway = gateway
+        self._capability_stats = capability_stats
+        self._embedded = embedded
+
+    def methods(self) -> Iterable[Method]:
+        return (
+            Method(
+                "hello",
+                self.hello,
+                (Arg("client", "str", None), Arg("version", "any", None), Arg("namespace", "name", None)),
+                group="core",
+            ),
+            Method("ping", self.ping, group="core"),
+            Method("stats", self.stats_method, group="core"),
+            Method("health", self.health, group="core"),
+        )
+
+    def hello(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        rule = client.rule
+        if rule is None:
+            raise Forbidden(f"no policy rule admits uid={client.peer.uid} gid={client.peer.gid}")
+        namespace = args["namespace"] or client.namespace
+        if not rule.allows_namespace(namespace):
+            raise Forbidden(f"this peer may not use namespace {namespace!r}", argument="namespace")
+        client.namespace = namespace
+        if args["client"] is not None:
+            client.client_name = args["client"]
+        config = self._server.config
+        return {
+            "server": "madsidecar",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "node_id": config.node_id,
+            "namespace": namespace,
+            "max_frame_bytes": config.max_frame_bytes,
+            "methods": self._server.table.names(),
+        }
+
+    def ping(self, client: Client, args: dict[str, Any]) -> str:
+        return "pong"
+
+    def stats_method(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        server = self._server
+        gateway = self._gateway
+        result: dict[str, Any] = {
+            "uptime_ms": server.uptime_ms,
+            "connections": len(server.connections),
+            "requests": server.requests,
+            "node_id": server.config.node_id,
+            "version": __version__,
+            "redis": {
+                "connected": gateway.connected,
+                "latency_ms": gateway.latency_ms,
+                "embedded": self._embedded,
+                "last_error": gateway.last_error,
+            },
+        }
+        result.update({name: dict(section) for name, section in REQUIRED_SECTIONS.items()})
+        result.update(self._capability_stats())
+        return result
+
+    async def health(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        """A round trip to Redis through the sidecar: UNAVAILABLE when it cannot be made."""
+        started = time.perf_counter()
+        await self._gateway.execute("PING")
+        return {"ok": True, "redis_latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def connection_closed(self, client: Client) -> None:
+        return None

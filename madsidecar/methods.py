@@ -1,0 +1,195 @@
+"""The method table: every capability registers its methods here, with typed arguments.
+
+A handler receives the calling client (namespace, peer, notifications) and its validated
+arguments, defaults filled in. A plain function answers inline, in the same loop turn the
+request was read; a coroutine function runs as a task.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from .config import MAX_NAME_BYTES, PolicyRule
+from .errors import BadRequest
+from .peer import PeerCredentials
+
+_MISSING: Final = object()
+
+
+class Client(Protocol):
+    """What a handler may know of, and do to, the connection that called it."""
+
+    @property
+    def conn_id(self) -> int: ...
+
+    @property
+    def peer(self) -> PeerCredentials: ...
+
+    @property
+    def rule(self) -> PolicyRule | None: ...
+
+    namespace: str
+    client_name: str | None
+
+    @property
+    def closed(self) -> bool: ...
+
+    def notify(self, name: str, payload: dict[str, Any]) -> None: ...
+
+
+Handler = Callable[[Client, dict[str, Any]], Any]
+
+
+def _check_name(value: Any) -> str | None:
+    if type(value) is not str:
+        return "must be a str"
+    if not value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
+    return None
+
+
+def _check_int(value: Any) -> str | None:
+    return None if type(value) is int else "must be an integer"
+
+
+def _check_bool(value: Any) -> str | None:
+    return None if type(value) is bool else "must be true or false"
+
+
+def _check_str(value: Any) -> str | None:
+    return None if type(value) is str else "must be a str"
+
+
+def _check_map(value: Any) -> str | None:
+    return None if type(value) is dict else "must be a map"
+
+
+def _check_names(value: Any) -> str | None:
+    if type(value) not in (list, tuple):
+        return "must be an array of str"
+    for item in value:
+        problem = _check_name(item)
+        if problem is not None:
+            return f"items {problem}"
+    return None
+
+
+def _check_any(value: Any) -> str | None:
+    return None
+
+
+_CHECKS: Final[dict[str, Callable[[Any], str | None]]] = {
+    "name": _check_name,
+    "int": _check_int,
+    "bool": _check_bool,
+    "str": _check_str,
+    "map": _check_map,
+    "names": _check_names,
+    "any": _check_any,
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One named argument. `kind`: name, int, bool, str, map, names or any."""
+
+    name: str
+    kind: str
+    default: Any = _MISSING
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _CHECKS:
+            raise ValueError(f"unknown argument kind {self.kind!r}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def check(self, method: str, value: Any) -> None:
+        problem = _CHECKS[self.kind](value)
+        if problem is None and self.minimum is not None and value < self.minimum:
+            problem = f"must be at least {self.minimum}"
+        if problem is None and self.maximum is not None and value > self.maximum:
+            problem = f"must be at most {self.maximum}"
+        if problem is not None:
+            raise BadRequest(f"{method}: argument '{self.name}' {problem}", argument=self.name)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One callable method. `ordered_by` names the argument that identifies the key:
+    requests of one connection on the same key take effect in arrival order."""
+
+    name: str
+    handler: Handler
+    args: Sequence[Arg] = ()
+    ordered_by: str | None = None
+    group: str = ""
+    is_async: bool = field(init=False)
+    _by_name: Mapping[str, Arg] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.name.split(".", 1)[0])
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+        object.__setattr__(self, "_by_name", {arg.name: arg for arg in self.args})
+
+    def bind(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Validate `given`, fill defaults; `BadRequest` naming the first bad argument."""
+        if not given and not self.args:
+            return given
+        for name in given:
+            if name not in self._by_name:
+                raise BadRequest(f"{self.name}: unknown argument '{name}'", argument=name)
+        bound: dict[str, Any] = {}
+        for arg in self.args:
+            value = given.get(arg.name, _MISSING)
+            if value is _MISSING or (value is None and not arg.required):
+                if arg.required:
+                    raise BadRequest(
+                        f"{self.name}: missing required argument '{arg.name}'", argument=arg.name
+                    )
+                bound[arg.name] = arg.default
+                continue
+            arg.check(self.name, value)
+            bound[arg.name] = value
+        return bound
+
+
+class Capability(Protocol):
+    """A feature module: a method group plus what it owns per connection."""
+
+    group: str
+
+    def methods(self) -> Iterable[Method]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def connection_closed(self, client: Client) -> None: ...
+
+
+class MethodTable:
+    """Name -> Method, filled once at start from the capabilities."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def register(self, method: Method) -> None:
+        if method.name in self._methods:
+            raise ValueError(f"method {method.name!r} registered twice")
+        self._methods[method.name] = method
+
+    def get(self, name: str) -> Method | None:
+        return self._methods.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._methods)

@@ -1,0 +1,288 @@
+"""The one component that owns the sidecar's connection to Redis.
+
+Commands issued by any client connection during one event-loop turn are written to Redis
+as one pipeline on a single multiplexed connection, and their replies are matched back in
+order (Redis answers a connection's commands in the order it received them). redis-py
+supplies the connection itself: URL parsing, AUTH, TLS and the RESP parser.
+
+Every command has a deadline (`redis_timeout_ms`); while the link is down, commands fail
+at once with `UNAVAILABLE` carrying `retry_after_ms`. A supervisor reconnects with
+exponential backoff and a health probe notices a hung Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from .config import redact_url
+from .errors import SidecarError, Unavailable
+
+BACKOFF_FIRST_S: Final = 0.05
+BACKOFF_MAX_S: Final = 2.0
+
+log = structlog.get_logger("madsidecar.redis")
+
+
+class RedisCommandError(SidecarError):
+    """Redis answered a command with an error reply (a bug on our side if it happens)."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    password: str | None
+    timeout_ms: int
+    connect_timeout_ms: int
+    health_interval_ms: int
+
+
+class _Link:
+    """One connected redis-py connection, used as a FIFO pipe of commands."""
+
+    def __init__(self, conn: AbstractConnection, timeout_s: float) -> None:
+        self._conn = conn
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._awaiting_reply: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._wake_writer = asyncio.Event()
+        self.failure: str | None = None
+        self.dead = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="redis-writer"),
+            asyncio.create_task(self._read_loop(), name="redis-reader"),
+        ]
+
+    def submit(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not self._queue:
+            self._wake_writer.set()
+        self._queue.append((args, future))
+        return future
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer.clear()
+                batch, self._queue = self._queue, []
+                if not batch:
+                    continue
+                futures = [future for _, future in batch]
+                self._awaiting_reply.extend(futures)
+                self._loop.call_later(self._timeout_s, _expire, futures, self._timeout_s)
+                packed = self._conn.pack_commands([args for args, _ in batch])
+                await self._conn.send_packed_command(packed, check_health=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(f"write failed: {exc}")
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    reply: Any = await self._conn.read_response()
+                except ResponseError as exc:
+                    reply = RedisCommandError(f"redis error reply: {exc}")
+                future = self._awaiting_reply.popleft()
+                if future.done():
+                    continue
+                if isinstance(reply, SidecarError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except IndexError:
+            self.fail("redis sent a reply nobody asked for")
+        except Exception as exc:
+            self.fail(f"connection lost: {exc}" if str(exc) else "connection lost")
+
+    def fail(self, reason: str) -> None:
+        if self.failure is not None:
+            return
+        self.failure = reason
+        error = Unavailable(f"redis unavailable: {reason}", retry_after_ms=int(BACKOFF_FIRST_S * 1000))
+        for future in self._awaiting_reply:
+            if not future.done():
+                future.set_exception(error)
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(error)
+        self._awaiting_reply.clear()
+        self._queue.clear()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self.dead.set()
+
+    async def close(self) -> None:
+        self.fail("closed")
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self._conn.disconnect(nowait=True)
+
+
+def _expire(futures: list[asyncio.Future[Any]], timeout_s: float) -> None:
+    error: Unavailable | None = None
+    for future in futures:
+        if not future.done():
+            if error is None:
+                error = Unavailable(
+                    f"redis did not answer within {int(timeout_s * 1000)} ms",
+                    retry_after_ms=int(timeout_s * 1000),
+                )
+            future.set_exception(error)
+
+
+class RedisGateway:
+    """Auto-pipelined, supervised access to one Redis."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._timeout_s = settings.timeout_ms / 1000
+        self._pool = aioredis.ConnectionPool.from_url(
+            settings.url,
+            password=settings.password,
+            socket_connect_timeout=settings.connect_timeout_ms / 1000,
+            socket_timeout=None,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+            client_name="madsidecar",
+        )
+        self._link: _Link | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._next_attempt_at = 0.0
+        self._last_error: str | None = None
+        self.latency_ms: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="redis-supervisor"),
+            asyncio.create_task(self._probe_health(), name="redis-health"),
+        ]
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def execute(self, *args: Any) -> Awaitable[Any]:
+        """Queue one command; the reply (bytes, int, list, ...) or `Unavailable`."""
+        link = self._link
+        if link is None or link.failure is not None:
+            return self._refused()
+        return link.submit(args)
+
+    def _refused(self) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        wait_ms = max(int((self._next_attempt_at - time.monotonic()) * 1000), 0)
+        reason = self._last_error or "not connected yet"
+        future.set_exception(Unavailable(f"redis unavailable: {reason}", retry_after_ms=wait_ms))
+        return future
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+        await self._pool.disconnect()
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                link = await self._open_link()
+            except (RedisError, OSError, TimeoutError) as exc:
+                failures += 1
+                self._note_failure(str(exc) or type(exc).__name__, failures)
+                delay = min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S)
+                delay *= random.uniform(0.8, 1.2)
+                self._next_attempt_at = time.monotonic() + delay
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self._last_error = None
+            self._link = link
+            self._connected.set()
+            log.info("redis_connected", url=redact_url(self._settings.url))
+            await link.dead.wait()
+            self._link = None
+            self._connected.clear()
+            self._last_error = link.failure
+            self.latency_ms = None
+            await link.close()
+            if not self._closing:
+                log.warning("redis_disconnected", reason=link.failure)
+
+    def _note_failure(self, reason: str, failures: int) -> None:
+        self._last_error = reason
+        # One line when the outage starts, then one a minute or so, not one per attempt.
+        if failures == 1 or failures % 30 == 0:
+            log.warning(
+                "redis_unreachable",
+                url=redact_url(self._settings.url),
+                reason=reason,
+                attempts=failures,
+            )
+
+    async def _open_link(self) -> _Link:
+        conn = self._pool.make_connection()
+        try:
+            await asyncio.wait_for(conn.connect(), self._settings.connect_timeout_ms / 1000)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
+        return _Link(conn, self._timeout_s)
+
+    async def _probe_health(self) -> None:
+        interval = self._settings.health_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            link = self._link
+            if link is None:
+                continue
+            started = time.perf_counter()
+            try:
+                await link.submit(("PING",))
+            except SidecarError as exc:
+                link.fail(f"health probe failed: {exc.message}")
+                continue
+            self.latency_ms = round((time.perf_counter() - started) * 1000, 3)
