@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ class Sidecar:
         self._stop.set()
 
     async def run(self) -> int:
+        raise_open_file_limit()
         log.info(
             "starting",
             version=__version__,
@@ -71,7 +73,9 @@ class Sidecar:
         table = MethodTable()
         self.server = Server(self.config, table, self._capabilities)
         self._capabilities.append(
-            CoreMethods(self.server, self.gateway, self._capability_stats, self.embedded is not None)
+            CoreMethods(
+                self.server, self.gateway, self._capability_stats, self.embedded is not None
+            )
         )
         for capability in self._capabilities:
             for method in capability.methods():
@@ -135,6 +139,13 @@ class Sidecar:
         if self.server is not None:
             self.server.apply_config(self.config)
         log.info("reloaded", applied=applied or None, needs_restart=ignored or None)
+
+
+def raise_open_file_limit() -> None:
+    """Every client is a file descriptor; the default soft limit of 1024 is too few."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_sidecar(config: Config, reload_config: Callable[[], Config] | None = None) -> int:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from socket import gethostname
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from socket import gethostname
 from typing import Any, Final
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES

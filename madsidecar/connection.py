@@ -217,7 +217,7 @@ class ClientConnection(asyncio.Protocol):
             reply = self._internal_error(msgid, method.name)
         finally:
             task = asyncio.current_task()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             if key is not None and self._key_tails.get(key) is task:
                 del self._key_tails[key]
         if reply is not None:
@@ -304,4 +304,3 @@ class ClientConnection(asyncio.Protocol):
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
-

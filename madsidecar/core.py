@@ -42,7 +42,11 @@ class CoreMethods:
             Method(
                 "hello",
                 self.hello,
-                (Arg("client", "str", None), Arg("version", "any", None), Arg("namespace", "name", None)),
+                (
+                    Arg("client", "str", None),
+                    Arg("version", "any", None),
+                    Arg("namespace", "name", None),
+                ),
                 group="core",
             ),
             Method("ping", self.ping, group="core"),

@@ -117,7 +117,9 @@ class _Link:
         if self.failure is not None:
             return
         self.failure = reason
-        error = Unavailable(f"redis unavailable: {reason}", retry_after_ms=int(BACKOFF_FIRST_S * 1000))
+        error = Unavailable(
+            f"redis unavailable: {reason}", retry_after_ms=int(BACKOFF_FIRST_S * 1000)
+        )
         for future in self._awaiting_reply:
             if not future.done():
                 future.set_exception(error)
@@ -263,9 +265,10 @@ class RedisGateway:
             )
 
     async def _open_link(self) -> _Link:
-        conn = self._pool.make_connection()
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
-            await asyncio.wait_for(conn.connect(), self._settings.connect_timeout_ms / 1000)
+            connecting = conn.connect()  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(connecting, self._settings.connect_timeout_ms / 1000)
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)

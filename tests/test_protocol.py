@@ -201,8 +201,12 @@ msgpack_values = st.recursive(
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1), children, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 

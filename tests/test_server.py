@@ -9,9 +9,7 @@ import struct
 import time
 
 import msgpack
-
 import pytest
-
 from madsidecar_client import (
     BadRequestError,
     BlockingClient,
@@ -121,7 +119,7 @@ def test_oversized_frame_is_refused_and_connection_closed(sidecar: SidecarProces
 def test_zero_length_frame_closes_with_bad_frame(sidecar: SidecarProcess) -> None:
     conn = RawConnection(sidecar.socket_path)
     conn.send_raw(b"\0\0\0\0")
-    kind, name, (payload,) = conn.receive()
+    _kind, name, (payload,) = conn.receive()
     assert (name, payload["code"]) == ("error", "BAD_FRAME")
     assert conn.is_closed_by_server()
 
@@ -131,8 +129,7 @@ def test_pipelined_requests_all_answered_with_their_msgids(sidecar: SidecarProce
     frames = b"".join(
         struct.pack(">I", len(body)) + body
         for body in (
-            msgpack.packb([0, i, "ping" if i % 2 else "hello", []])
-            for i in range(1, 2001)
+            msgpack.packb([0, i, "ping" if i % 2 else "hello", []]) for i in range(1, 2001)
         )
     )
     conn.send_raw(frames)

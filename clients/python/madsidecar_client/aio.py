@@ -80,6 +80,7 @@ class Client:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._handlers: dict[str, list[NotificationHandler]] = {}
         self._queues: list[asyncio.Queue[Notification]] = []
+        self._handler_tasks: set[asyncio.Future[Any]] = set()
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
         self.on_disconnect: Callable[[Exception | None], Any] | None = None
@@ -275,11 +276,13 @@ class Client:
             future.set_exception(error_from_map(response.error))
 
     def _deliver(self, note: Notification) -> None:
-        for handler in self._handlers.get(note.name, ()) + self._handlers.get("*", []):
+        for handler in [*self._handlers.get(note.name, ()), *self._handlers.get("*", ())]:
             try:
                 result = handler(note)
                 if asyncio.iscoroutine(result):
-                    asyncio.ensure_future(result)
+                    task = asyncio.ensure_future(result)
+                    self._handler_tasks.add(task)
+                    task.add_done_callback(self._handler_tasks.discard)
             except Exception:
                 continue  # a broken handler must not stop replies being delivered
         for queue in self._queues:

@@ -149,7 +149,9 @@ class BlockingClient:
                 break
             except OSError as exc:
                 sock.close()
-                if not self.reconnect or (deadline is not None and time.monotonic() + delay > deadline):
+                if not self.reconnect or (
+                    deadline is not None and time.monotonic() + delay > deadline
+                ):
                     raise ConnectionLostError(f"cannot connect to {self.path}: {exc}") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
@@ -198,7 +200,7 @@ class BlockingClient:
         for message in self._proto.receive_data(data):
             if type(message) is Response:
                 if message.msgid in self._waiting:
-                    self._replies[message.msgid] = message  # type: ignore[assignment]
+                    self._replies[message.msgid] = message
             else:
                 self._notes.append(message)  # type: ignore[arg-type]
         return True
