@@ -149,10 +149,14 @@ class SidecarProcess:
         return cmd + self.extra_args
 
     def start(self, wait_ready: bool = True) -> SidecarProcess:
+        """Start, or start again after it stopped (same socket path, same log file)."""
+        if self.notify is not None:
+            self.notify.close()
+            os.unlink(self.notify.path)
         self.notify = NotifyListener(self.dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MADSIDECAR_")}
         env.update({"NOTIFY_SOCKET": self.notify.path, "PYTHONUNBUFFERED": "1"}, **self.env)
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
             )

@@ -1,0 +1,144 @@
+"""Configuration: flags > env > TOML > defaults, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from madsidecar.config import (
+    DEFAULT_SOCKET,
+    Config,
+    ConfigError,
+    PolicyRule,
+    load_config,
+    read_redis_password,
+    redact_url,
+    reload_changes,
+)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "madsidecar.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_match_the_contract() -> None:
+    config = load_config({}, {})
+    assert config.socket == DEFAULT_SOCKET == "/run/madsidecar/madsidecar.sock"
+    assert config.key_prefix == "msc:"
+    assert config.max_frame_bytes == 4 * 1024 * 1024
+    assert config.max_inflight == 1024
+    assert config.redis_timeout_ms == 1000
+    assert config.redis_url is None and config.embedded
+    assert config.socket_mode == 0o660
+    assert config.policy == (PolicyRule(),)
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'key_prefix = "file:"\nnode_id = "from-file"\nmax_inflight = 7\n')
+    env = {"MADSIDECAR_KEY_PREFIX": "env:", "MADSIDECAR_NODE_ID": "from-env"}
+    config = load_config({"config": path, "key_prefix": "flag:"}, env)
+    assert config.key_prefix == "flag:"
+    assert config.node_id == "from-env"
+    assert config.max_inflight == 7
+    assert config.config_file == path
+
+
+def test_config_file_from_env(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_inflight = 9\n")
+    assert load_config({}, {"MADSIDECAR_CONFIG": path}).max_inflight == 9
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MADSIDECAR_MAX_INFLIGHT": "0"}, "max_inflight: must be at least 1"),
+        ({"MADSIDECAR_MAX_INFLIGHT": "many"}, "max_inflight: expected an integer"),
+        ({"MADSIDECAR_LOG_LEVEL": "loud"}, "log_level: must be one of"),
+        ({"MADSIDECAR_REDIS_URL": "http://x"}, "redis_url: must start with"),
+        ({"MADSIDECAR_EMBEDDED_PERSISTENCE": "maybe"}, "embedded_persistence: expected true"),
+        ({"MADSIDECAR_REDIS_PASSWORD_FILE": "/nonexistent"}, "redis_password_file: cannot read"),
+        ({"MADSIDECAR_KEY_PREFIX": ""}, None),
+    ],
+)
+def test_bad_values_are_named(env: dict[str, str], fragment: str | None) -> None:
+    if fragment is None:
+        assert load_config({}, env).key_prefix == "msc:", "an empty env var means unset"
+        return
+    with pytest.raises(ConfigError, match=fragment):
+        load_config({}, env)
+
+
+def test_flag_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--max-frame-bytes"):
+        load_config({"max_frame_bytes": "lots"}, {})
+
+
+def test_unknown_toml_key_and_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_inflite: unknown setting"):
+        load_config({"config": write(tmp_path, "max_inflite = 3\n")}, {})
+    with pytest.raises(ConfigError, match="max_inflight: expected int, got str"):
+        load_config({"config": write(tmp_path, 'max_inflight = "3"\n')}, {})
+    with pytest.raises(ConfigError, match=r"config_file: .* does not exist"):
+        load_config({"config": str(tmp_path / "missing.toml")}, {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config({"config": write(tmp_path, "not toml = = =\n")}, {})
+
+
+def test_socket_mode_is_octal_everywhere(tmp_path: Path) -> None:
+    assert load_config({"socket_mode": "0600"}, {}).socket_mode == 0o600
+    assert (
+        load_config({"config": write(tmp_path, 'socket_mode = "0640"\n')}, {}).socket_mode == 0o640
+    )
+
+
+def test_policy_tables(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[[policy]]
+uids = [1000, 1001]
+namespaces = ["billing"]
+methods = ["cache", "lock"]
+
+[[policy]]
+gids = [50]
+namespaces = ["*"]
+""",
+    )
+    first, second = load_config({"config": path}, {}).policy
+    assert first.matches(1000, 5) and not first.matches(7, 5)
+    assert first.allows_namespace("billing") and not first.allows_namespace("default")
+    assert first.allows_group("lock") and not first.allows_group("session")
+    assert second.matches(9, 50) and second.allows_namespace("anything")
+    assert second.allows_group("session")
+
+
+def test_bad_policy_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"policy\[0\].uids"):
+        load_config({"config": write(tmp_path, '[[policy]]\nuids = ["root"]\n')}, {})
+    with pytest.raises(ConfigError, match=r"policy\[0\]: unknown keys"):
+        load_config({"config": write(tmp_path, "[[policy]]\nuser = 1\n")}, {})
+
+
+def test_password_from_file_and_redaction(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    config = load_config({"redis_password_file": str(secret)}, {})
+    assert read_redis_password(config) == "hunter2"
+    assert "hunter2" not in repr(load_config({}, {"MADSIDECAR_REDIS_PASSWORD": "hunter2"}))
+    assert redact_url("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://host:6379") == "redis://host:6379"
+    assert redact_url("unix://:pw@/run/redis.sock") == "unix://:***@/run/redis.sock"
+
+
+def test_reload_applies_only_reloadable_settings() -> None:
+    old = Config()
+    new = Config(log_level="debug", max_inflight=10, key_prefix="other:")
+    merged, applied, ignored = reload_changes(old, new)
+    assert merged.log_level == "debug" and merged.max_inflight == 10
+    assert merged.key_prefix == "msc:"
+    assert sorted(applied) == ["log_level", "max_inflight"]
+    assert ignored == ["key_prefix"]
