@@ -1,0 +1,85 @@
+"""The command line a newcomer uses: run, ping, stats, --help, and its errors."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from .support import RedisProcess, SidecarProcess, running_sidecar, short_tempdir
+
+
+def madsidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "madsidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_lists_the_commands_and_every_setting_with_its_env_var() -> None:
+    top = madsidecar("--help")
+    assert top.returncode == 0
+    for command in ("run", "ping", "stats"):
+        assert command in top.stdout
+    run = madsidecar("run", "--help")
+    assert run.returncode == 0
+    for flag in ("--socket", "--redis-url", "--node-id", "--key-prefix", "--config"):
+        assert flag in run.stdout
+    assert "MADSIDECAR_REDIS_URL" in run.stdout
+    assert "--redis-password " not in run.stdout, "secrets are never taken from argv"
+
+
+def test_ping_and_stats_against_a_running_sidecar(sidecar: SidecarProcess) -> None:
+    ping = madsidecar("ping", "--socket", sidecar.socket_path)
+    assert ping.returncode == 0, ping.stderr
+    assert ping.stdout.startswith("pong from ")
+    stats = madsidecar("stats", env={"MADSIDECAR_SOCKET": sidecar.socket_path})
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["redis"]["connected"] is True
+
+
+def test_ping_with_no_sidecar_says_what_to_do() -> None:
+    path = os.path.join(short_tempdir(), "none.sock")
+    result = madsidecar("ping", "--socket", path)
+    assert result.returncode == 1
+    assert path in result.stderr and "madsidecar run" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_configuration_error_names_the_setting_and_exits_2() -> None:
+    result = madsidecar("run", env={"MADSIDECAR_MAX_INFLIGHT": "0"})
+    assert result.returncode == 2
+    assert "max_inflight: must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_second_sidecar_on_the_same_socket_refuses_to_start(sidecar: SidecarProcess) -> None:
+    result = madsidecar(
+        "run", "--socket", sidecar.socket_path, "--redis-url", sidecar.redis_url or ""
+    )
+    assert result.returncode == 1
+    assert "already listening" in result.stderr
+    with sidecar.client() as client:
+        assert client.ping() == "pong", "the first one keeps serving"
+
+
+def test_socket_mode_and_group(redis_server: RedisProcess) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    with running_sidecar(
+        redis_server, extra_args=["--socket-mode", "0600", "--socket-group", group]
+    ) as side:
+        info = os.stat(side.socket_path)
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        assert info.st_gid == os.getgid()
+
+
+def test_env_settings_reach_the_daemon(redis_server: RedisProcess) -> None:
+    with running_sidecar(redis_server, env={"MADSIDECAR_NODE_ID": "node-from-env"}) as side:
+        with side.client() as client:
+            assert client.hello()["node_id"] == "node-from-env"
