@@ -92,6 +92,8 @@ class CoreMethods:
                 "latency_ms": gateway.latency_ms,
                 "embedded": self._embedded,
                 "last_error": gateway.last_error,
+                "commands": gateway.counters.commands,
+                "pipelines": gateway.counters.pipelines,
             },
         }
         result.update({name: dict(section) for name, section in REQUIRED_SECTIONS.items()})

@@ -15,6 +15,10 @@ _LEVELS = {
 }
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str, fmt: str) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -31,6 +35,7 @@ def configure_logging(level: str, fmt: str) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolve sys.stderr per logger, not once: it may be replaced after configuration.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

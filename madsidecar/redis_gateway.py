@@ -50,11 +50,24 @@ class RedisSettings:
     health_interval_ms: int
 
 
+class PipelineCounters:
+    """How many commands went to Redis, in how many pipelines (writes)."""
+
+    __slots__ = ("commands", "pipelines")
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.pipelines = 0
+
+
 class _Link:
     """One connected redis-py connection, used as a FIFO pipe of commands."""
 
-    def __init__(self, conn: AbstractConnection, timeout_s: float) -> None:
+    def __init__(
+        self, conn: AbstractConnection, timeout_s: float, counters: PipelineCounters
+    ) -> None:
         self._conn = conn
+        self._counters = counters
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -83,6 +96,8 @@ class _Link:
                 if not batch:
                     continue
                 futures = [future for _, future in batch]
+                self._counters.pipelines += 1
+                self._counters.commands += len(batch)
                 self._awaiting_reply.extend(futures)
                 self._loop.call_later(self._timeout_s, _expire, futures, self._timeout_s)
                 packed = self._conn.pack_commands([args for args, _ in batch])
@@ -177,6 +192,7 @@ class RedisGateway:
         self._next_attempt_at = 0.0
         self._last_error: str | None = None
         self.latency_ms: float | None = None
+        self.counters = PipelineCounters()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -273,7 +289,7 @@ class RedisGateway:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
             raise
-        return _Link(conn, self._timeout_s)
+        return _Link(conn, self._timeout_s, self.counters)
 
     async def _probe_health(self) -> None:
         interval = self._settings.health_interval_ms / 1000

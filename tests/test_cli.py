@@ -80,6 +80,6 @@ def test_socket_mode_and_group(redis_server: RedisProcess) -> None:
 
 
 def test_env_settings_reach_the_daemon(redis_server: RedisProcess) -> None:
-    with running_sidecar(redis_server, env={"MADSIDECAR_NODE_ID": "node-from-env"}) as side:
-        with side.client() as client:
-            assert client.hello()["node_id"] == "node-from-env"
+    env = {"MADSIDECAR_NODE_ID": "node-from-env"}
+    with running_sidecar(redis_server, env=env) as side, side.client() as client:
+        assert client.hello()["node_id"] == "node-from-env"
