@@ -99,8 +99,9 @@ class ClientConnection(asyncio.Protocol):
     # -- what handlers see --------------------------------------------------------------
 
     @property
-    def inflight(self) -> int:
-        return len(self._tasks)
+    def inflight(self) -> frozenset[asyncio.Task[None]]:
+        """The requests of this connection still running."""
+        return frozenset(self._tasks)
 
     def notify(self, name: str, payload: dict[str, Any]) -> None:
         self._send(self._proto.notification(name, payload))

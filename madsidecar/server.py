@@ -97,7 +97,7 @@ class Server:
         conns = list(self.connections.values())
         for conn in conns:
             conn.notify("shutdown", {"deadline_ms": deadline_ms})
-        pending = [task for conn in conns for task in conn._tasks]
+        pending = [task for conn in conns for task in conn.inflight]
         if pending:
             log.info("draining", connections=len(conns), inflight=len(pending))
             await asyncio.wait(pending, timeout=deadline_s)
