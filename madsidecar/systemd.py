@@ -6,6 +6,7 @@ Both are a few lines of protocol, so they are written here rather than pulled in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Mapping, MutableMapping
@@ -29,7 +30,12 @@ class SystemdNotifier:
         watchdog_usec: int | None = None
         raw_usec = env.get("WATCHDOG_USEC")
         watchdog_pid = env.get("WATCHDOG_PID")
-        if raw_usec and raw_usec.isdigit() and (not watchdog_pid or watchdog_pid == str(os.getpid())):
+        if (
+            raw_usec
+            and raw_usec.isdigit()
+            and int(raw_usec) > 0  # 0 would make the watchdog tick in a busy loop
+            and (not watchdog_pid or watchdog_pid == str(os.getpid()))
+        ):
             watchdog_usec = int(raw_usec)
         return cls(address, watchdog_usec)
 
@@ -43,11 +49,11 @@ class SystemdNotifier:
         address = self._address
         if address.startswith("@"):
             address = "\0" + address[1:]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                sock.sendto("\n".join(lines).encode(), address)
-            except OSError:
-                pass  # systemd went away; nothing useful to do about it
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            contextlib.suppress(OSError),  # systemd went away; nothing useful to do about it
+        ):
+            sock.sendto("\n".join(lines).encode(), address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
@@ -85,13 +91,17 @@ def take_activated_socket(env: MutableMapping[str, str] | None = None) -> socket
     env = os.environ if env is None else env
     if env.get("LISTEN_PID") != str(os.getpid()):
         return None
-    count = int(env.get("LISTEN_FDS", "0") or 0)
+    raw_count = env.get("LISTEN_FDS", "")
+    count = int(raw_count) if raw_count.isdigit() else 0
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         env.pop(name, None)
     if count < 1:
         return None
     sock = socket.socket(fileno=SD_LISTEN_FDS_START)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()  # not ours to close
         raise OSError("the socket systemd passed is not a Unix stream socket")
+    # Passed fds arrive inheritable; the embedded redis-server must not hold it open.
+    sock.set_inheritable(False)
     sock.setblocking(False)
     return sock
