@@ -94,7 +94,7 @@ class Sidecar:
         self._notifier.status("waiting for Redis")
         await self.gateway.wait_connected()
         self._notifier.ready("serving")
-        log.info("ready", socket=self.config.socket)
+        log.info("ready")
 
     async def _drain(self) -> None:
         assert self.server is not None

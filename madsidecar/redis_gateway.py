@@ -234,9 +234,8 @@ class RedisGateway:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         if self._link is not None:
             await self._link.close()
             self._link = None
@@ -255,6 +254,9 @@ class RedisGateway:
                 self._next_attempt_at = time.monotonic() + delay
                 await asyncio.sleep(delay)
                 continue
+            if self._closing:
+                await link.close()
+                return
             failures = 0
             self._last_error = None
             self._link = link
@@ -283,8 +285,10 @@ class RedisGateway:
     async def _open_link(self) -> _Link:
         conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
-            connecting = conn.connect()  # type: ignore[no-untyped-call]
-            await asyncio.wait_for(connecting, self._settings.connect_timeout_ms / 1000)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the connect completes, and shutdown would then hang.
+            async with asyncio.timeout(self._settings.connect_timeout_ms / 1000):
+                await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
