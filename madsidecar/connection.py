@@ -160,7 +160,7 @@ class ClientConnection(asyncio.Protocol):
         except SidecarError as exc:
             self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
             return
-        if method.is_async:
+        if method.is_async or self._must_wait_for_key(method, args):
             self._start_task(method, request.msgid, args)
             return
         try:
@@ -181,6 +181,12 @@ class ClientConnection(asyncio.Protocol):
             raise Forbidden(f"this peer may not call {method.name}")
         if method.group != "core" and not rule.allows_namespace(self.namespace):
             raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
+
+    def _must_wait_for_key(self, method: Method, args: dict[str, Any]) -> bool:
+        """An inline handler still queues behind unfinished requests on its key."""
+        if method.ordered_by is None or not self._key_tails:
+            return False
+        return (method.group, args[method.ordered_by]) in self._key_tails
 
     def _start_task(self, method: Method, msgid: int, args: dict[str, Any]) -> None:
         previous: asyncio.Task[None] | None = None
@@ -205,7 +211,9 @@ class ClientConnection(asyncio.Protocol):
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))
-            result = await method.handler(self, args)
+            result = method.handler(self, args)
+            if method.is_async:
+                result = await result
             reply = self._encode_result(msgid, method.name, result)
         except SidecarError as exc:
             reply = self._proto.error_response(msgid, exc.to_map())

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
-from .errors import Forbidden
+from .errors import BadRequest, Forbidden
 from .methods import Arg, Client, Method
 from .redis_gateway import RedisGateway
 from .server import Server
@@ -61,6 +61,13 @@ class CoreMethods:
         namespace = args["namespace"] or client.namespace
         if not rule.allows_namespace(namespace):
             raise Forbidden(f"this peer may not use namespace {namespace!r}", argument="namespace")
+        if namespace != client.namespace and client.inflight:
+            # Requests already running read the namespace when they run; switching under
+            # them would apply it to requests sent before the hello.
+            raise BadRequest(
+                "hello: cannot change the namespace while requests are in flight; send hello first",
+                argument="namespace",
+            )
         client.namespace = namespace
         if args["client"] is not None:
             client.client_name = args["client"]
@@ -81,6 +88,7 @@ class CoreMethods:
     def stats_method(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         server = self._server
         gateway = self._gateway
+        latency_us = gateway.latency_us
         result: dict[str, Any] = {
             "uptime_ms": server.uptime_ms,
             "connections": len(server.connections),
@@ -89,7 +97,9 @@ class CoreMethods:
             "version": __version__,
             "redis": {
                 "connected": gateway.connected,
-                "latency_ms": gateway.latency_ms,
+                # The contract's durations are integer ms; Redis answers in microseconds.
+                "latency_ms": None if latency_us is None else round(latency_us / 1000),
+                "latency_us": latency_us,
                 "embedded": self._embedded,
                 "last_error": gateway.last_error,
                 "commands": gateway.counters.commands,
@@ -104,7 +114,12 @@ class CoreMethods:
         """A round trip to Redis through the sidecar: UNAVAILABLE when it cannot be made."""
         started = time.perf_counter()
         await self._gateway.execute("PING")
-        return {"ok": True, "redis_latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+        latency_us = round((time.perf_counter() - started) * 1_000_000)
+        return {
+            "ok": True,
+            "redis_latency_ms": round(latency_us / 1000),
+            "redis_latency_us": latency_us,
+        }
 
     def stats(self) -> dict[str, Any]:
         return {}

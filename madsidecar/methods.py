@@ -37,6 +37,11 @@ class Client(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def inflight(self) -> frozenset[Any]:
+        """Requests of this connection still running (the caller excluded if inline)."""
+        ...
+
     def notify(self, name: str, payload: dict[str, Any]) -> None: ...
 
 

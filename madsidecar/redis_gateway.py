@@ -84,6 +84,9 @@ class _Link:
         future: asyncio.Future[Any] = self._loop.create_future()
         if not self._queue:
             self._wake_writer.set()
+            # The deadline runs from submission, so commands stuck behind a write that
+            # Redis is not reading still fail in time; one timer serves the whole batch.
+            self._loop.call_later(self._timeout_s, _expire, self._queue, self._timeout_s)
         self._queue.append((args, future))
         return future
 
@@ -99,7 +102,6 @@ class _Link:
                 self._counters.pipelines += 1
                 self._counters.commands += len(batch)
                 self._awaiting_reply.extend(futures)
-                self._loop.call_later(self._timeout_s, _expire, futures, self._timeout_s)
                 packed = self._conn.pack_commands([args for args, _ in batch])
                 await self._conn.send_packed_command(packed, check_health=False)
         except asyncio.CancelledError:
@@ -158,9 +160,9 @@ class _Link:
             await self._conn.disconnect(nowait=True)
 
 
-def _expire(futures: list[asyncio.Future[Any]], timeout_s: float) -> None:
+def _expire(batch: list[tuple[Any, asyncio.Future[Any]]], timeout_s: float) -> None:
     error: Unavailable | None = None
-    for future in futures:
+    for _, future in batch:
         if not future.done():
             if error is None:
                 error = Unavailable(
@@ -191,7 +193,7 @@ class RedisGateway:
         self._closing = False
         self._next_attempt_at = 0.0
         self._last_error: str | None = None
-        self.latency_ms: float | None = None
+        self.latency_us: int | None = None
         self.counters = PipelineCounters()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -266,7 +268,7 @@ class RedisGateway:
             self._link = None
             self._connected.clear()
             self._last_error = link.failure
-            self.latency_ms = None
+            self.latency_us = None
             await link.close()
             if not self._closing:
                 log.warning("redis_disconnected", reason=link.failure)
@@ -308,4 +310,4 @@ class RedisGateway:
             except SidecarError as exc:
                 link.fail(f"health probe failed: {exc.message}")
                 continue
-            self.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            self.latency_us = round((time.perf_counter() - started) * 1_000_000)

@@ -159,3 +159,22 @@ async def test_notifications_as_async_iterator(sidecar: SidecarProcess) -> None:
         assert note.name == "shutdown"
         assert note.payload["deadline_ms"] >= 0
         await stream.aclose()
+
+
+def test_blocking_pipeline_larger_than_the_socket_buffers(sidecar: SidecarProcess) -> None:
+    with sidecar.client(timeout=60) as client:
+        results = client.pipeline([("ping", None)] * 100_000)
+    assert results == ["pong"] * 100_000
+
+
+async def test_async_pipeline_larger_than_the_socket_buffers(sidecar: SidecarProcess) -> None:
+    async with Client(sidecar.socket_path, timeout=60) as client:
+        results = await client.pipeline([("stats", None)] * 20_000)
+    assert len(results) == 20_000 and all(r["redis"]["connected"] for r in results)
+
+
+def test_server_error_message_is_the_servers_words(sidecar: SidecarProcess) -> None:
+    with sidecar.client() as client, pytest.raises(sdk.UnknownMethodError) as caught:
+        client.call("nope")
+    assert caught.value.message == caught.value.data["message"]
+    assert str(caught.value).startswith("UNKNOWN_METHOD: ")

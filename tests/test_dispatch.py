@@ -49,6 +49,7 @@ class Recorder:
                 (Arg("key", "name"), Arg("delay_ms", "int", 0), Arg("tag", "any", None)),
                 ordered_by="key",
             ),
+            Method("test.peek", self.peek, (Arg("key", "name"),), ordered_by="key"),
             Method("test.gated", self.gated),
             Method("test.boom", self.boom),
         )
@@ -58,6 +59,9 @@ class Recorder:
         await asyncio.sleep(args["delay_ms"] / 1000)
         self.finished.append(args["tag"])
         return args["tag"]
+
+    def peek(self, client: Client, args: dict[str, Any]) -> list[Any]:
+        return list(self.finished)
 
     async def gated(self, client: Client, args: dict[str, Any]) -> str:
         await self._note_start()
@@ -114,6 +118,22 @@ async def test_same_key_in_arrival_order_other_keys_overlap(
     assert results == ["a1", "a2", "b1"]
     assert recorder.finished.index("a1") < recorder.finished.index("a2")
     assert recorder.finished.index("b1") < recorder.finished.index("a1"), "b did not wait for a"
+
+
+async def test_inline_handler_waits_for_earlier_requests_on_its_key(
+    served: tuple[Server, Recorder, str],
+) -> None:
+    _, _, path = served
+    async with SdkClient(path) as client:
+        results = await client.pipeline(
+            [
+                ("test.op", {"key": "a", "delay_ms": 50, "tag": "a1"}),
+                ("test.peek", {"key": "a"}),
+                ("test.peek", {"key": "b"}),
+            ]
+        )
+    assert results[1] == ["a1"], "read-your-writes: the peek on 'a' saw the op on 'a'"
+    assert results[2] == [], "a peek on another key did not wait"
 
 
 async def test_reading_pauses_at_max_inflight(served: tuple[Server, Recorder, str]) -> None:

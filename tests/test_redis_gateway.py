@@ -117,3 +117,22 @@ async def test_password_is_used_and_never_logged(
     logged = capsys.readouterr().err
     assert "redis_unreachable" in logged
     assert "wrong-pass" not in logged and "s3cret-value" not in logged
+
+
+async def test_commands_behind_a_stuck_write_still_time_out(redis_server: RedisProcess) -> None:
+    gateway = await started(redis_server, timeout_ms=300)
+    assert redis_server.process is not None
+    try:
+        redis_server.process.send_signal(signal.SIGSTOP)
+        # 16 MB cannot fit in the socket buffers of a Redis that is not reading.
+        big = gateway.execute("SET", "big", b"x" * (16 * 1024 * 1024))
+        await asyncio.sleep(0)  # let the writer start the write that will block
+        started_at = time.monotonic()
+        with pytest.raises(Unavailable):
+            await gateway.execute("PING")
+        assert time.monotonic() - started_at < 0.3 + 0.3
+        with pytest.raises(Unavailable):
+            await big
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+        await gateway.close()

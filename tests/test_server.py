@@ -226,3 +226,16 @@ def test_blocking_client_reads_socket_path_from_env(
     monkeypatch.setenv("MADSIDECAR_SOCKET", sidecar.socket_path)
     with BlockingClient() as client:
         assert client.ping() == "pong"
+
+
+def test_hello_cannot_switch_namespace_under_running_requests(redis_server: RedisProcess) -> None:
+    config = '[[policy]]\nnamespaces = ["*"]\n'
+    assert redis_server.process is not None
+    with running_sidecar(redis_server, config_toml=config) as side, side.client() as client:
+        redis_server.process.send_signal(signal.SIGSTOP)  # keeps `health` in flight
+        try:
+            _health, hello = client.pipeline([("health", None), ("hello", {"namespace": "other"})])
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert isinstance(hello, BadRequestError) and hello.argument == "namespace"
+        assert client.hello(namespace="other")["namespace"] == "other"

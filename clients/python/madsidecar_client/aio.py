@@ -12,8 +12,8 @@ from ._protocol import ClientProtocol, Notification, Response, default_socket_pa
 from .errors import (
     CallTimeoutError,
     ConnectionLostError,
-    MadsidecarError,
     ProtocolViolationError,
+    ServerError,
     error_from_map,
 )
 
@@ -133,7 +133,10 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> list[Any]:
-        """Send many requests in one write; results (or exception objects) in order."""
+        """Send many requests in one write; results in order.
+
+        A request the sidecar refused appears as its `ServerError` in the list; a lost
+        connection or a timeout raises, as for `call`."""
         limit = effective_timeout(timeout, self.timeout, None)
         if self._transport_or_none() is None:
             await self._ensure_connected(limit)
@@ -153,7 +156,7 @@ class Client:
         for future in futures:
             try:
                 results.append(await self._await_reply(future, limit))
-            except MadsidecarError as exc:
+            except ServerError as exc:
                 results.append(exc)
         return results
 

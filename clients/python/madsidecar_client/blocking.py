@@ -5,6 +5,7 @@ without a lock of your own."""
 from __future__ import annotations
 
 import collections
+import select
 import socket
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import Any, Final
 
 from ._protocol import ClientProtocol, Notification, Response, default_socket_path
 from .aio import DEFAULT_TIMEOUT_S, RECONNECT_FIRST_S, RECONNECT_MAX_S, effective_timeout
-from .errors import CallTimeoutError, ConnectionLostError, MadsidecarError, error_from_map
+from .errors import CallTimeoutError, ConnectionLostError, ServerError, error_from_map
 
 _READ_SIZE: Final = 256 * 1024
 
@@ -77,7 +78,10 @@ class BlockingClient:
         *,
         timeout: float | None = None,
     ) -> list[Any]:
-        """Send many requests in one write; results (or exception objects) in order."""
+        """Send many requests in one write; results in order.
+
+        A request the sidecar refused appears as its `ServerError` in the list; a lost
+        connection or a timeout raises, as for `call`."""
         limit = effective_timeout(timeout, self.timeout, None)
         sock = self._socket(limit)
         msgids = []
@@ -88,14 +92,12 @@ class BlockingClient:
             msgids.append(msgid)
             frames.append(self._proto.request(msgid, method, params))
         try:
-            self._write(sock, b"".join(frames))
+            self._write_reading_replies(sock, b"".join(frames), limit)
             results: list[Any] = []
             for msgid in msgids:
                 try:
                     results.append(_unwrap(self._read_until(msgid, limit)))
-                except MadsidecarError as exc:
-                    if isinstance(exc, ConnectionLostError | CallTimeoutError):
-                        raise
+                except ServerError as exc:
                     results.append(exc)
             return results
         finally:
@@ -170,6 +172,46 @@ class BlockingClient:
             self._drop()
             raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
 
+    def _write_reading_replies(self, sock: socket.socket, data: bytes, limit: float | None) -> None:
+        """Write a large batch while reading replies, so neither side's buffers fill up
+        and stall both (the sidecar stops reading a client that does not read)."""
+        deadline = None if limit is None else time.monotonic() + limit
+        view = memoryview(data)
+        sock.setblocking(False)
+        try:
+            while view:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._drop()
+                    raise CallTimeoutError(f"could not send the pipeline within {limit} s")
+                readable, writable, _ = select.select([sock], [sock], [], remaining)
+                if readable:
+                    self._receive_available(sock)
+                if writable:
+                    try:
+                        view = view[sock.send(view) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._drop()
+                        raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
+        finally:
+            if self._sock is not None:
+                sock.setblocking(True)
+
+    def _receive_available(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._drop()
+            raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
+        if not data:
+            self._drop()
+            raise ConnectionLostError(f"connection to {self.path} closed by the sidecar")
+        self._absorb(data)
+
     def _read_until(self, msgid: int, limit: float | None) -> Response:
         deadline = None if limit is None else time.monotonic() + limit
         sock = self._sock
@@ -197,13 +239,16 @@ class BlockingClient:
         if not data:
             self._drop()
             raise ConnectionLostError(f"connection to {self.path} closed by the sidecar")
+        self._absorb(data)
+        return True
+
+    def _absorb(self, data: bytes) -> None:
         for message in self._proto.receive_data(data):
             if type(message) is Response:
                 if message.msgid in self._waiting:
                     self._replies[message.msgid] = message
             else:
                 self._notes.append(message)  # type: ignore[arg-type]
-        return True
 
     def _drop(self) -> None:
         if self._sock is not None:

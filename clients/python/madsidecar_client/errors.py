@@ -18,7 +18,11 @@ class MadsidecarError(Exception):
 
 
 class ServerError(MadsidecarError):
-    """The sidecar answered with an error map; `data` holds the whole map."""
+    """The sidecar answered with an error map; `data` holds the whole map and
+    `message` the sidecar's own words (str() prefixes the code)."""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class BadFrameError(ServerError):
@@ -114,6 +118,6 @@ def error_from_map(error: Any) -> ServerError:
     code = str(error.get("code", ""))
     message = str(error.get("message", code))
     cls = _BY_CODE.get(code, ServerError)
-    exc = cls(f"{code}: {message}", error)
+    exc = cls(message, error)
     exc.code = code
     return exc
