@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from .protocol import DEFAULT_MAX_FRAME_BYTES
 ENV_PREFIX: Final = "MADSIDECAR_"
 DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
 MAX_NAME_BYTES: Final = 512
+METHOD_GROUPS: Final = frozenset(
+    {"*", "core", "cache", "lock", "session", "presence", "pubsub", "ratelimit"}
+)
+_MAXMEMORY: Final = re.compile(r"[0-9]+(?:[kmg]b?)?", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -153,13 +158,25 @@ class Config:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe to log."""
+    """The URL with any password (in the userinfo or a `password=` query) replaced."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    userinfo, at, hostpart = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***{at}{hostpart}" if ":" in userinfo else url
+    rest, qmark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")  # rpartition: a raw "@" in a password
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    if qmark:
+        query = "&".join(
+            f"{part.partition('=')[0]}=***"
+            if part.partition("=")[0].lower() in ("password", "pass", "requirepass")
+            else part
+            for part in query.split("&")
+        )
+    return f"{scheme}://{netloc}{slash}{path}{qmark}{query}"
 
 
 def scalar_settings() -> list[dataclasses.Field[Any]]:
@@ -180,22 +197,27 @@ def load_config(
     env = os.environ if env is None else env
     config_file = flags.pop("config", None) or env.get(env_name("config"))
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_file:
         values.update(_read_toml(config_file))
+        sources.update(dict.fromkeys(values, config_file))
     for setting in scalar_settings():
         raw_env = env.get(env_name(setting.name))
         if raw_env is not None and raw_env != "":
             values[setting.name] = _parse(setting, raw_env, env_name(setting.name))
+            sources[setting.name] = env_name(setting.name)
         raw_flag = flags.get(setting.name)
         if raw_flag is not None:
-            values[setting.name] = _parse(setting, raw_flag, "--" + setting.name.replace("_", "-"))
+            flag = "--" + setting.name.replace("_", "-")
+            values[setting.name] = _parse(setting, raw_flag, flag)
+            sources[setting.name] = flag
     unknown_flags = set(flags) - {s.name for s in scalar_settings()}
     if unknown_flags:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown_flags))}")
     if config_file:
         values["config_file"] = config_file
     config = Config(**values)
-    return _validated(config)
+    return _validated(config, sources)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -272,7 +294,7 @@ def _parse_policy(raw: Any, where: str) -> tuple[PolicyRule, ...]:
                 uids=_int_set(table.get("uids"), f"{here}.uids"),
                 gids=_int_set(table.get("gids"), f"{here}.gids"),
                 namespaces=_str_set(table.get("namespaces", ["default"]), f"{here}.namespaces"),
-                methods=_str_set(table.get("methods", ["*"]), f"{here}.methods"),
+                methods=_str_set(table.get("methods", ["*"]), f"{here}.methods", METHOD_GROUPS),
             )
         )
     return tuple(rules)
@@ -286,26 +308,34 @@ def _int_set(raw: Any, name: str) -> frozenset[int] | None:
     return frozenset(raw)
 
 
-def _str_set(raw: Any, name: str) -> frozenset[str]:
+def _str_set(raw: Any, name: str, allowed: frozenset[str] | None = None) -> frozenset[str]:
     if not isinstance(raw, list) or not raw or not all(isinstance(v, str) and v for v in raw):
         raise ConfigError(f"{name}: expected a non-empty list of names")
+    if allowed is not None and not set(raw) <= allowed:
+        unknown = ", ".join(sorted(set(raw) - allowed))
+        raise ConfigError(
+            f"{name}: unknown method group {unknown}; known: {', '.join(sorted(allowed))}"
+        )
     return frozenset(raw)
 
 
-def _validated(config: Config) -> Config:
+def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Config:
+    sources = sources or {}
     for setting in scalar_settings():
         value = getattr(config, setting.name)
         if value is None:
             continue
         meta = setting.metadata
+        problem = None
         if meta["minimum"] is not None and value < meta["minimum"]:
-            raise ConfigError(f"{setting.name}: must be at least {meta['minimum']}, got {value}")
-        if meta["maximum"] is not None and value > meta["maximum"]:
-            raise ConfigError(f"{setting.name}: must be at most {meta['maximum']}, got {value}")
-        if meta["choices"] and value not in meta["choices"]:
-            raise ConfigError(
-                f"{setting.name}: must be one of {', '.join(meta['choices'])}, got {value!r}"
-            )
+            problem = f"must be at least {meta['minimum']}"
+        elif meta["maximum"] is not None and value > meta["maximum"]:
+            problem = f"must be at most {meta['maximum']}"
+        elif meta["choices"] and value not in meta["choices"]:
+            problem = f"must be one of {', '.join(meta['choices'])}"
+        if problem is not None:
+            where = f" from {sources[setting.name]}" if setting.name in sources else ""
+            raise ConfigError(f"{setting.name}: {problem}, got {value!r}{where}")
     if not config.socket:
         raise ConfigError("socket: must not be empty")
     if not config.key_prefix:
@@ -318,6 +348,18 @@ def _validated(config: Config) -> Config:
         raise ConfigError(
             f"redis_url: must start with redis://, rediss:// or unix://, "
             f"got {redact_url(config.redis_url)!r}"
+        )
+    if config.embedded_persistence and not config.embedded_dir:
+        raise ConfigError(
+            "embedded_persistence: needs embedded_dir, or the data would go to a "
+            "temporary directory that is deleted on exit"
+        )
+    if config.embedded_maxmemory is not None and not _MAXMEMORY.fullmatch(
+        config.embedded_maxmemory
+    ):
+        raise ConfigError(
+            f"embedded_maxmemory: expected a size such as 256mb or 2gb, "
+            f"got {config.embedded_maxmemory!r}"
         )
     if config.redis_password_file is not None:
         try:
@@ -350,6 +392,18 @@ def reload_changes(old: Config, new: Config) -> tuple[Config, list[str], list[st
 
 
 def read_redis_password(config: Config) -> str | None:
+    if config.embedded_persistence and not config.embedded_dir:
+        raise ConfigError(
+            "embedded_persistence: needs embedded_dir, or the data would go to a "
+            "temporary directory that is deleted on exit"
+        )
+    if config.embedded_maxmemory is not None and not _MAXMEMORY.fullmatch(
+        config.embedded_maxmemory
+    ):
+        raise ConfigError(
+            f"embedded_maxmemory: expected a size such as 256mb or 2gb, "
+            f"got {config.embedded_maxmemory!r}"
+        )
     if config.redis_password_file is not None:
         with open(config.redis_password_file, encoding="utf-8") as fh:
             return fh.read().strip() or None

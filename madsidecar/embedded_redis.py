@@ -51,6 +51,22 @@ class EmbeddedRedis:
         return os.path.join(self._dir, "redis.sock")
 
     @property
+    def _console_path(self) -> str:
+        return os.path.join(self._dir, "redis-console.log")
+
+    def _last_words(self) -> str:
+        """The last line redis-server wrote, wherever it managed to write it."""
+        for path in (os.path.join(self._dir, "redis.log"), self._console_path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    lines = [line.strip() for line in fh if line.strip()]
+            except FileNotFoundError:
+                continue
+            if lines:
+                return lines[-1]
+        return f"no output; see {self._dir}"
+
+    @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
@@ -102,11 +118,11 @@ class EmbeddedRedis:
     def _redis_conf(self) -> str:
         lines = [
             "port 0",
-            f"unixsocket {self.socket_path}",
+            f"unixsocket {_quoted(self.socket_path)}",
             "unixsocketperm 700",
-            f"dir {self._dir}",
+            f"dir {_quoted(self._dir)}",
             "daemonize no",
-            f"logfile {os.path.join(self._dir, 'redis.log')}",
+            f"logfile {_quoted(os.path.join(self._dir, 'redis.log'))}",
             'save ""',
             f"appendonly {'yes' if self._config.embedded_persistence else 'no'}",
         ]
@@ -118,14 +134,19 @@ class EmbeddedRedis:
         assert self._binary is not None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        self._process = await asyncio.create_subprocess_exec(
-            self._binary,
-            os.path.join(self._dir, "redis.conf"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        # Before redis-server opens its logfile (a bad config) it can only print.
+        console = os.open(self._console_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self._binary,
+                os.path.join(self._dir, "redis.conf"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=console,
+                stderr=console,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            os.close(console)
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:
@@ -134,8 +155,8 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self._process is not None and self._process.returncode is not None:
                 raise StartupError(
-                    f"redis-server exited at start with status {self._process.returncode}; "
-                    f"see {os.path.join(self._dir, 'redis.log')}"
+                    f"redis-server exited at start with status {self._process.returncode}: "
+                    f"{self._last_words()}"
                 )
             if await _answers_ping(self.socket_path):
                 return
@@ -189,3 +210,9 @@ async def _answers_ping(path: str) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def _quoted(value: str) -> str:
+    """A redis.conf string argument: double-quoted, with backslash escapes."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

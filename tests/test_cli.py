@@ -83,3 +83,20 @@ def test_env_settings_reach_the_daemon(redis_server: RedisProcess) -> None:
     env = {"MADSIDECAR_NODE_ID": "node-from-env"}
     with running_sidecar(redis_server, env=env) as side, side.client() as client:
         assert client.hello()["node_id"] == "node-from-env"
+
+
+def test_abbreviated_flags_are_refused() -> None:
+    result = madsidecar("run", "--redis-password", "x")
+    assert result.returncode == 2
+    assert "unrecognized arguments" in result.stderr
+
+
+def test_embedded_dir_with_a_space() -> None:
+    directory = os.path.join(short_tempdir(), "with space")
+    side = SidecarProcess(redis_url=None, extra_args=["--embedded-dir", directory])
+    try:
+        side.start()
+        with side.client() as client:
+            assert client.call("health")["ok"]
+    finally:
+        side.stop()

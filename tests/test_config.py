@@ -142,3 +142,41 @@ def test_reload_applies_only_reloadable_settings() -> None:
     assert merged.key_prefix == "msc:"
     assert sorted(applied) == ["log_level", "max_inflight"]
     assert ignored == ["key_prefix"]
+
+
+def test_range_errors_say_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="from MADSIDECAR_MAX_INFLIGHT"):
+        load_config({}, {"MADSIDECAR_MAX_INFLIGHT": "0"})
+    with pytest.raises(ConfigError, match="from --log-level"):
+        load_config({"log_level": "loud"}, {})
+    path = write(tmp_path, "redis_timeout_ms = 1\n")
+    with pytest.raises(ConfigError, match=f"from {path}"):
+        load_config({"config": path}, {})
+
+
+def test_policy_method_groups_are_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[policy]]\nmethods = ["caches"]\n')
+    with pytest.raises(ConfigError, match="unknown method group caches"):
+        load_config({"config": path}, {})
+
+
+def test_embedded_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="embedded_persistence: needs embedded_dir"):
+        load_config({"embedded_persistence": "true"}, {})
+    with pytest.raises(ConfigError, match="embedded_maxmemory"):
+        load_config({"embedded_maxmemory": "1gb\nslaveof evil 6379"}, {})
+    assert load_config({"embedded_maxmemory": "256mb"}, {}).embedded_maxmemory == "256mb"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://u:p@ss@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://h:6379/0?password=hunter2&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("unix:///run/redis.sock?password=x", "unix:///run/redis.sock?password=***"),
+        ("rediss://default:pw@h:6380", "rediss://default:***@h:6380"),
+        ("redis://user@h", "redis://user@h"),
+    ],
+)
+def test_redaction_covers_every_place_a_password_can_be(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
