@@ -1,0 +1,618 @@
+"""`python -m bench [--quick]`: start redis-server, the sidecar and a bare echo server,
+measure them in one run, stop them, print a table with ratios, write bench/results/latest.json.
+
+The ceiling is a bare uvloop MessagePack-RPC echo server driven by a minimal raw-socket
+client; the sidecar is measured through the same raw client (the daemon's own cost) and
+through the Python SDK (what a service sees). Rounds are interleaved, so slow drift of a
+noisy machine lands on every row alike and the ratios stay comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import workloads
+from .procs import ALL_CPUS, REPO, EchoServer, Process, Redis, Sidecar, StartError, pin, proc_status
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIB = 1024 * 1024
+IDLE_WAIT_S = 1.5
+
+# Targets: the sidecar through the SDK against the bare echo server, and its idle memory.
+TARGET_PING_P50_RATIO = 1.5  # at most
+TARGET_PIPELINE_RATIO = 0.5  # at least
+TARGET_IDLE_RSS_MIB = 60.0  # at most
+
+PLACEMENTS = {
+    "split": "client on one CPU, servers on the other",
+    "shared": "client and servers on one CPU",
+    "free": "no pinning: the scheduler decides",
+}
+
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", flush=True)
+
+
+# -- what a run measures ---------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    key: str
+    placement: str
+    server: str
+    client: str
+    workload: str
+    kind: str  # "latency" (samples in ns) or "rate" ((messages, elapsed ns))
+    run: Callable[[float, float], Any]  # (warmup_s, duration_s)
+    baseline: str | None = None
+    baseline_name: str = ""
+
+
+@dataclass
+class Outcome:
+    spec: Spec
+    samples: list[int] = field(default_factory=list)
+    round_p50_us: list[float] = field(default_factory=list)
+    round_rates: list[float] = field(default_factory=list)
+    calls: int = 0
+    cpu_ns: dict[str, int] = field(default_factory=dict)
+
+    def add(self, value: Any, cpu_ns: dict[str, int]) -> str:
+        for name, spent in cpu_ns.items():
+            self.cpu_ns[name] = self.cpu_ns.get(name, 0) + spent
+        if self.spec.kind == "latency":
+            samples: list[int] = value
+            self.samples.extend(samples)
+            self.calls += len(samples)
+            ordered = sorted(samples)
+            p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+            self.round_p50_us.append(p50)
+            return f"p50 {p50:7.1f} us  p99 {p99:7.1f} us  ({len(samples):,} calls)"
+        messages, elapsed_ns = value
+        rate = messages * 1e9 / elapsed_ns
+        self.calls += messages
+        self.round_rates.append(rate)
+        return f"{rate:11,.0f} msgs/s  ({messages:,} in {elapsed_ns / 1e9:.2f} s)"
+
+    def cpu_us_per_msg(self) -> dict[str, float]:
+        return {
+            name: round(spent / 1000 / self.calls, 3)
+            for name, spent in self.cpu_ns.items()
+            if self.calls
+        }
+
+    def summary(self) -> dict[str, Any]:
+        if self.spec.kind == "latency":
+            ordered = sorted(self.samples)
+            return {
+                "kind": "latency",
+                "p50_us": round(percentile(ordered, 50), 2),
+                "p90_us": round(percentile(ordered, 90), 2),
+                "p99_us": round(percentile(ordered, 99), 2),
+                "p999_us": round(percentile(ordered, 99.9), 2),
+                "mean_us": round(sum(ordered) / len(ordered) / 1000, 2),
+                "calls": self.calls,
+                "round_p50_us": [round(v, 2) for v in self.round_p50_us],
+                "spread": spread(self.round_p50_us),
+                "cpu_us_per_msg": self.cpu_us_per_msg(),
+            }
+        return {
+            "kind": "rate",
+            "msgs_per_s": round(median(self.round_rates)),
+            "messages": self.calls,
+            "round_msgs_per_s": [round(v) for v in self.round_rates],
+            "spread": spread(self.round_rates),
+            "cpu_us_per_msg": self.cpu_us_per_msg(),
+        }
+
+
+def percentile(ordered_ns: list[int], pct: float) -> float:
+    """Nearest-rank percentile of sorted ns samples, in us."""
+    if not ordered_ns:
+        return float("nan")
+    rank = max(1, -(-len(ordered_ns) * pct // 100))  # ceil(n * pct / 100)
+    return ordered_ns[int(rank) - 1] / 1000
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median across rounds; None with a single round."""
+    if len(values) < 2:
+        return None
+    return round((max(values) - min(values)) / median(values), 4)
+
+
+def ping_specs(placement: str, echo: EchoServer, sidecar: Sidecar, depth: int) -> list[Spec]:
+    """The ceiling and the sidecar's ping, side by side, in one CPU placement."""
+    w = workloads
+    p = functools.partial
+    seq = "ping, sequential"
+    pipe = f"ping, pipelined {depth}"
+    echo_seq, echo_pipe = f"echo_seq@{placement}", f"echo_pipe@{placement}"
+    side = sidecar.socket_path
+    return [
+        Spec(echo_seq, placement, "echo", "raw socket", seq, "latency",
+             p(w.raw_latency, echo.socket_path)),
+        Spec(echo_pipe, placement, "echo", "raw socket", pipe, "rate",
+             p(w.raw_pipeline, echo.socket_path, depth)),
+        Spec(f"sidecar_raw_seq@{placement}", placement, "sidecar", "raw socket", seq, "latency",
+             p(w.raw_latency, side), echo_seq, "echo"),
+        Spec(f"sidecar_raw_pipe@{placement}", placement, "sidecar", "raw socket", pipe, "rate",
+             p(w.raw_pipeline, side, depth), echo_pipe, "echo"),
+        Spec(f"sdk_blocking_seq@{placement}", placement, "sidecar", "BlockingClient", seq,
+             "latency", p(w.blocking_latency, side, "ping"), echo_seq, "echo"),
+        Spec(f"sdk_aio_seq@{placement}", placement, "sidecar", "Client (uvloop)", seq,
+             "latency", p(w.aio_latency, side, "ping"), echo_seq, "echo"),
+        Spec(f"sdk_blocking_pipe@{placement}", placement, "sidecar", "BlockingClient", pipe,
+             "rate", p(w.blocking_pipeline, side, depth), echo_pipe, "echo"),
+        Spec(f"sdk_aio_pipe@{placement}", placement, "sidecar", "Client (uvloop)", pipe,
+             "rate", p(w.aio_pipeline, side, depth), echo_pipe, "echo"),
+    ]  # fmt: skip
+
+
+def redis_specs(placement: str, sidecar: Sidecar, redis: Redis, tasks: int) -> list[Spec]:
+    """redis-py straight to Redis against the sidecar's `health` (a PING through it)."""
+    w = workloads
+    p = functools.partial
+    seq, many = f"redis_ping_seq@{placement}", f"redis_ping_tasks@{placement}"
+    side = sidecar.socket_path
+    return [
+        Spec(seq, placement, "redis", "redis-py asyncio", "PING, sequential", "latency",
+             p(w.redis_latency, redis.socket_path)),
+        Spec(f"sdk_health_seq@{placement}", placement, "sidecar", "Client (uvloop)",
+             "health, sequential", "latency", p(w.aio_latency, side, "health"), seq, "redis-py"),
+        Spec(many, placement, "redis", "redis-py asyncio", f"PING, {tasks} tasks", "rate",
+             p(w.redis_concurrent, redis.socket_path, tasks)),
+        Spec(f"sdk_health_tasks@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"health, {tasks} tasks", "rate", p(w.aio_concurrent, side, "health", tasks),
+             many, "redis-py"),
+    ]  # fmt: skip
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="./dev bench",
+        description="Benchmark the sidecar against a bare uvloop echo server, in one run.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one short round of everything (about 20 s, for CI)"
+    )
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds measured per workload per round (1.2, quick 0.6)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of warm-up per workload per round (0.25, quick 0.15)"
+    )
+    parser.add_argument("--depth", type=int, default=64, help="pipeline depth (default 64)")
+    parser.add_argument(
+        "--tasks", type=int, default=64, help="concurrent asyncio tasks for health (default 64)"
+    )
+    parser.add_argument(
+        "--placement",
+        choices=("both", "split", "shared", "free"),
+        default="both",
+        help="CPU placement of the ping rows: split (client on one CPU, servers on another), "
+        "shared (all on one CPU), both (the default), or free (no pinning); the Redis rows "
+        "always run in the first placement measured",
+    )
+    parser.add_argument(
+        "--only", metavar="SUBSTR", help="run only workloads whose key contains SUBSTR"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_DIR / "latest.json",
+        help="where the JSON results go (default bench/results/latest.json)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 0.6 if args.quick else 1.2
+    if args.warmup is None:
+        args.warmup = 0.15 if args.quick else 0.25
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.depth < 1:
+        parser.error("--rounds, --duration and --depth must be positive, --warmup not negative")
+    return args
+
+
+def plan_placements(choice: str) -> dict[str, tuple[set[int] | None, set[int] | None]]:
+    """Placement name -> (client CPUs, server CPUs).
+
+    Where a process sleeps matters more than anything measured here: on this VM, waking a
+    process that waits on another, idle vCPU costs some 15-20 us, waking one on the same
+    CPU a couple. Left to itself the scheduler flips between the two, so round trips come
+    out bimodal; pinning makes every row of one placement pay the same, known cost.
+    """
+    usable = sorted(ALL_CPUS)
+    plans: dict[str, tuple[set[int] | None, set[int] | None]] = {}
+    if choice in ("both", "split") and len(usable) >= 2:
+        plans["split"] = ({usable[0]}, {usable[1]})
+    if choice in ("both", "shared") or (not plans and choice == "split"):
+        plans["shared"] = ({usable[0]}, {usable[0]})
+    if choice == "free":
+        plans["free"] = (None, None)
+    return plans
+
+
+class Watchdog:
+    """Bounds the run: past the limit, the servers are killed, which fails any call."""
+
+    def __init__(self, limit_s: float, processes: list[Process]) -> None:
+        self.fired = False
+        self._processes = processes
+        self._timer = threading.Timer(limit_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        print("!! watchdog: the run overran its time limit; killing the servers", flush=True)
+        for process in self._processes:
+            if process.proc is not None and process.proc.poll() is None:
+                process.proc.kill()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    status = proc_status(pid)
+    return {
+        "rss_mib": round(status["VmRSS"] / MIB, 1),
+        "peak_rss_mib": round(status["VmHWM"] / MIB, 1),
+    }
+
+
+def environment() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    redis_server = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        redis_server = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+
+    def git(*argv: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(
+                ["git", *argv], capture_output=True, text=True, timeout=5, cwd=REPO
+            ).stdout.strip()
+        return ""
+
+    return {
+        # What was measured: the commit, and whether the daemon or SDK had local edits.
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_local_changes": git(
+            "status", "--porcelain", "--", "madsidecar", "clients"
+        ).splitlines(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(ALL_CPUS),
+        "cpu_model": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": version("uvloop"),
+        "msgpack": version("msgpack"),
+        "redis_py": version("redis"),
+        "hiredis": version("hiredis"),
+        "redis_server": redis_server,
+        "loadavg_before": list(os.getloadavg()),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    redis, echo, sidecar = Redis(), EchoServer(), Sidecar("")
+    servers: list[Process] = [redis, echo, sidecar]
+    plans = plan_placements(args.placement)
+    env = environment()
+    env["placements"] = {
+        name: {"client_cpus": fmt_cpus(client), "server_cpus": fmt_cpus(server)}
+        for name, (client, server) in plans.items()
+    }
+    memory: dict[str, Any] = {}
+    outcomes: dict[str, Outcome] = {}
+    exit_status: int | None = None
+    watchdog: Watchdog | None = None
+    try:
+        progress("starting redis-server, echo server and sidecar")
+        redis.start()
+        sidecar.redis_url = redis.url
+        echo.start()
+        sidecar.start()
+        progress(f"ready: redis pid {redis.pid}, echo pid {echo.pid}, sidecar pid {sidecar.pid}")
+        workloads.METER.servers = {"echo": echo.pid, "sidecar": sidecar.pid, "redis": redis.pid}
+        time.sleep(0.5)
+        memory["sidecar_after_start"] = rss_mib(sidecar.pid)
+        memory["echo_after_start"] = rss_mib(echo.pid)
+        progress(
+            f"idle RSS after start: sidecar {memory['sidecar_after_start']['rss_mib']} MiB, "
+            f"echo server {memory['echo_after_start']['rss_mib']} MiB"
+        )
+        specs: list[Spec] = []
+        for number, placement in enumerate(plans):
+            specs += ping_specs(placement, echo, sidecar, args.depth)
+            if number == 0:
+                specs += redis_specs(placement, sidecar, redis, args.tasks)
+        if args.only:
+            specs = [spec for spec in specs if args.only in spec.key]
+        outcomes = {spec.key: Outcome(spec) for spec in specs}
+        expected_s = len(specs) * args.rounds * (args.duration + args.warmup + 0.2)
+        watchdog = Watchdog(2 * expected_s + 60, servers)
+        # The first few hundred ms of traffic after a start (or an idle spell) run slower;
+        # spend them on both servers before anything is recorded.
+        first_client, first_servers = next(iter(plans.values()))
+        for server in servers:
+            pin(server.pid, first_servers)
+        pin(os.getpid(), first_client)
+        for path in (echo.socket_path, sidecar.socket_path):
+            workloads.raw_latency(path, 0.0, 0.3)
+        current: str | None = None
+        for number in range(1, args.rounds + 1):
+            for spec in specs:
+                if spec.placement != current:
+                    current = spec.placement
+                    client_cpus, server_cpus = plans[current]
+                    for server in servers:
+                        pin(server.pid, server_cpus)
+                    pin(os.getpid(), client_cpus)
+                    progress(
+                        f"placement {current}: client on {fmt_cpus(client_cpus)}, "
+                        f"servers on {fmt_cpus(server_cpus)}"
+                    )
+                value = spec.run(args.warmup, args.duration)
+                line = outcomes[spec.key].add(value, workloads.METER.cpu_ns)
+                label = f"{spec.server} / {spec.client} / {spec.workload}"
+                progress(f"round {number}/{args.rounds}  {label:<52} {line}")
+        pin(os.getpid(), None)
+        # Idle means idle: past redis_timeout_ms (1 s by default), so no per-request timer
+        # or buffer of the last workload is still alive when RSS is read.
+        time.sleep(IDLE_WAIT_S)
+        memory["sidecar_after_runs"] = rss_mib(sidecar.pid)
+        progress(f"idle RSS after the runs: sidecar {memory['sidecar_after_runs']['rss_mib']} MiB")
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        exit_status = sidecar.stop()
+        echo.stop()
+        redis.stop()
+        progress(f"stopped everything (sidecar exit status {exit_status})")
+    if watchdog is not None and watchdog.fired:
+        raise RuntimeError("the run overran its time limit")
+    env["loadavg_after"] = list(os.getloadavg())
+    return {
+        "environment": env,
+        "outcomes": outcomes,
+        "memory": memory,
+        "sidecar_exit_status": exit_status,
+    }
+
+
+def fmt_cpus(cpus: set[int] | None) -> str:
+    return "any" if cpus is None else ",".join(map(str, sorted(cpus)))
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+def evaluate(
+    outcomes: dict[str, Outcome], results: dict[str, dict[str, Any]], memory: dict[str, Any]
+) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, op: str, limit: float, unit: str = "") -> None:
+        if value is None:
+            return
+        met = value <= limit if op == "<=" else value >= limit
+        checks.append(
+            {"name": name, "value": round(value, 3), "op": op, "target": limit,
+             "unit": unit, "met": met}
+        )  # fmt: skip
+
+    def ratio(key: str, base: str, field_name: str) -> float | None:
+        if key in results and base in results:
+            return float(results[key][field_name]) / float(results[base][field_name])
+        return None
+
+    placements = list(dict.fromkeys(outcome.spec.placement for outcome in outcomes.values()))
+    for placement in placements:
+        for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
+            check(
+                f"ping p50 / echo p50, {client}, {placement}",
+                ratio(f"{name}_seq@{placement}", f"echo_seq@{placement}", "p50_us"),
+                "<=", TARGET_PING_P50_RATIO,
+            )  # fmt: skip
+        for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
+            check(
+                f"pipelined / echo pipelined, {client}, {placement}",
+                ratio(f"{name}_pipe@{placement}", f"echo_pipe@{placement}", "msgs_per_s"),
+                ">=", TARGET_PIPELINE_RATIO,
+            )  # fmt: skip
+    for moment in ("after_start", "after_runs"):
+        sample = memory.get(f"sidecar_{moment}")
+        if sample:
+            check(
+                f"sidecar idle RSS {moment.replace('_', ' ')}",
+                sample["rss_mib"], "<=", TARGET_IDLE_RSS_MIB, " MiB",
+            )  # fmt: skip
+    return checks
+
+
+def render(
+    outcomes: dict[str, Outcome],
+    results: dict[str, dict[str, Any]],
+    checks: list[dict[str, Any]],
+    memory: dict[str, Any],
+) -> str:
+    lines = []
+    header = (
+        f"{'cpus':<6} {'server':<7} {'client':<16} {'workload':<19} {'p50 us':>6} "
+        f"{'p99 us':>6} {'msgs/s':>9} {'cpu c/s':>9}  {'ratio':<14} {'spread':>6}"
+    )
+    lines += [header, "-" * len(header)]
+    previous = None
+    for key, outcome in outcomes.items():
+        spec, res = outcome.spec, results[key]
+        if previous is not None and spec.placement != previous:
+            lines.append("")
+        previous = spec.placement
+        if spec.kind == "latency":
+            figures = f"{res['p50_us']:>6.1f} {res['p99_us']:>6.1f} {'':>9}"
+            field_name = "p50_us"
+        else:
+            figures = f"{'':>6} {'':>6} {res['msgs_per_s']:>9,}"
+            field_name = "msgs_per_s"
+        ratio = ""
+        if spec.baseline in results:
+            value = res[field_name] / results[spec.baseline][field_name]
+            ratio = f"{value:.2f}x {spec.baseline_name}"
+        spread_text = "-" if res["spread"] is None else f"{res['spread'] * 100:.0f}%"
+        cpu = res["cpu_us_per_msg"]
+        cpu_text = f"{cpu.get('client', 0):.1f}/{cpu.get(spec.server, 0):.1f}"
+        lines.append(
+            f"{spec.placement:<6} {spec.server:<7} {spec.client:<16} {spec.workload:<19} "
+            f"{figures} {cpu_text:>9}  {ratio:<14} {spread_text:>6}"
+        )
+    lines.append("")
+    lines.append(
+        "cpus: " + "; ".join(f"{name} = {PLACEMENTS[name]}" for name in dict.fromkeys(
+            outcome.spec.placement for outcome in outcomes.values()))
+    )  # fmt: skip
+    lines.append("cpu c/s: CPU us per message spent by the client / by the server named in the row")
+    lines.append("spread: (max - min) / median of the per-round p50 or msgs/s")
+    lines.append("")
+    for name, label in (
+        ("sidecar_after_start", "sidecar RSS after start"),
+        ("sidecar_after_runs", "sidecar RSS after the runs"),
+        ("echo_after_start", "echo server RSS after start"),
+    ):
+        if name in memory:
+            sample = memory[name]
+            lines.append(
+                f"{label:<29} {sample['rss_mib']:6.1f} MiB (peak {sample['peak_rss_mib']} MiB)"
+            )
+    if checks:
+        lines.append("")
+        lines.append("targets:")
+        for check in checks:
+            verdict = "met" if check["met"] else "MISSED"
+            value = f"{check['value']:.2f}{check['unit']}"
+            target = f"{check['op']} {check['target']}{check['unit']}"
+            lines.append(f"  {check['name']:<50} {value:>10}   target {target:<12} {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    mode = "quick" if args.quick else "full"
+    progress(
+        f"madsidecar benchmark ({mode}): {args.rounds} round(s), {args.duration} s per workload "
+        f"after {args.warmup} s warm-up, pipeline depth {args.depth}, {args.tasks} tasks"
+    )
+    try:
+        raw = run(args)
+    except StartError as exc:
+        print(f"bench: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("bench: failed; every process it started has been stopped", file=sys.stderr)
+        return 1
+    outcomes: dict[str, Outcome] = raw["outcomes"]
+    results = {key: outcome.summary() for key, outcome in outcomes.items()}
+    checks = evaluate(outcomes, results, raw["memory"])
+    print()
+    print(render(outcomes, results, checks, raw["memory"]))
+    report = {
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "pipeline_depth": args.depth,
+            "tasks": args.tasks,
+            "placement": args.placement,
+        },
+        "environment": raw["environment"],
+        "results": {
+            key: {
+                "placement": outcome.spec.placement,
+                "server": outcome.spec.server,
+                "client": outcome.spec.client,
+                "workload": outcome.spec.workload,
+                "baseline": outcome.spec.baseline,
+                **results[key],
+            }
+            for key, outcome in outcomes.items()
+        },
+        "memory": raw["memory"],
+        "targets": checks,
+        "sidecar_exit_status": raw["sidecar_exit_status"],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {args.output}")
+    status = raw["sidecar_exit_status"]
+    if status not in (0, None):
+        print(f"bench: the sidecar exited with status {status}", file=sys.stderr)
+        return 1
+    if args.check and not all(check["met"] for check in checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
