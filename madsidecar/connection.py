@@ -18,7 +18,14 @@ from .config import PolicyRule
 from .errors import ErrorCode, Forbidden, ShuttingDown, SidecarError, UnknownMethod, error_map
 from .methods import Method
 from .peer import UNKNOWN_PEER, PeerCredentials, read_peer_credentials, rule_for
-from .protocol import NEED_DATA, FatalFrame, InvalidMessage, Request, ServerProtocol
+from .protocol import (
+    HEADER_SIZE,
+    NEED_DATA,
+    FatalFrame,
+    InvalidMessage,
+    Request,
+    ServerProtocol,
+)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -32,6 +39,8 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, server: Server, conn_id: int) -> None:
         self._server = server
         self._proto = ServerProtocol(server.config.max_frame_bytes)
+        self._methods = server.table.by_name
+        self._max_reply = server.config.max_frame_bytes + HEADER_SIZE
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,18 +158,24 @@ class ClientConnection(asyncio.Protocol):
         self.requests += 1
         server = self._server
         server.requests += 1
-        method = server.table.get(request.method)
+        method = self._methods.get(request.method)
         try:
             if method is None:
                 raise UnknownMethod(f"no such method: {request.method!r}")
             if server.draining:
                 raise ShuttingDown("the sidecar is shutting down")
-            self._authorize(method)
-            args = method.bind(request.args)
+            if method.name not in _ALWAYS_ALLOWED:
+                self._authorize(method)
+            args = method.bind(request.args) if request.args or method.args else request.args
         except SidecarError as exc:
             self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
             return
-        if method.is_async or self._must_wait_for_key(method, args):
+        if method.is_async or (
+            method.ordered_by is not None
+            and self._key_tails
+            and (method.group, args[method.ordered_by]) in self._key_tails
+        ):
+            # Async work, or an inline handler that must queue behind its key.
             self._start_task(method, request.msgid, args)
             return
         try:
@@ -174,19 +189,11 @@ class ClientConnection(asyncio.Protocol):
         self._out.append(self._encode_result(request.msgid, method.name, result))
 
     def _authorize(self, method: Method) -> None:
-        if method.name in _ALWAYS_ALLOWED:
-            return
         rule = self.rule
         if rule is None or not rule.allows_group(method.group):
             raise Forbidden(f"this peer may not call {method.name}")
         if method.group != "core" and not rule.allows_namespace(self.namespace):
             raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
-
-    def _must_wait_for_key(self, method: Method, args: dict[str, Any]) -> bool:
-        """An inline handler still queues behind unfinished requests on its key."""
-        if method.ordered_by is None or not self._key_tails:
-            return False
-        return (method.group, args[method.ordered_by]) in self._key_tails
 
     def _start_task(self, method: Method, msgid: int, args: dict[str, Any]) -> None:
         previous: asyncio.Task[None] | None = None
@@ -239,13 +246,13 @@ class ClientConnection(asyncio.Protocol):
             reply = self._proto.response(msgid, result)
         except Exception:
             return self._internal_error(msgid, method)
-        if len(reply) - 4 > self._server.config.max_frame_bytes:
+        if len(reply) > self._max_reply:
             return self._proto.error_response(
                 msgid,
                 error_map(
                     ErrorCode.BAD_REQUEST,
-                    f"{method}: the result ({len(reply) - 4} bytes) exceeds max_frame_bytes; "
-                    "ask for less at a time",
+                    f"{method}: the result ({len(reply) - HEADER_SIZE} bytes) exceeds "
+                    "max_frame_bytes; ask for less at a time",
                 ),
             )
         return reply

@@ -196,5 +196,10 @@ class MethodTable:
     def get(self, name: str) -> Method | None:
         return self._methods.get(name)
 
+    @property
+    def by_name(self) -> Mapping[str, Method]:
+        """The table itself, for the dispatch hot path."""
+        return self._methods
+
     def names(self) -> list[str]:
         return sorted(self._methods)

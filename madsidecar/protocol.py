@@ -90,7 +90,7 @@ class FatalFrame:
 Event = Request | InvalidMessage | FatalFrame | NeedData
 
 
-def _unpack(body: memoryview) -> Any:
+def _unpack(body: bytearray) -> Any:
     # use_list=False: arrays become tuples, so maps keyed by arrays stay decodable;
     # they pack back as arrays, so values round-trip unchanged on the wire.
     return msgpack.unpackb(body, raw=False, use_list=False, strict_map_key=False)
@@ -137,23 +137,32 @@ class ServerProtocol:
         if len(buf) < end:
             self._compact()
             return NEED_DATA
-        with memoryview(buf) as view:
-            body = view[pos + HEADER_SIZE : end]
-            try:
-                value = _unpack(body)
-            except Exception as exc:  # msgpack raises several unrelated types
-                value = _BadBody(exc)
-            finally:
-                body.release()
+        try:
+            value = _unpack(buf[pos + HEADER_SIZE : end])
+        except Exception as exc:  # msgpack raises several unrelated types
+            value = _BadBody(exc)
         self._pos = end
-        if self._pos >= _COMPACT_AFTER:
+        if end >= _COMPACT_AFTER:
             self._compact()
+        # The common case, a request with no arguments, without the general checks.
+        if (
+            type(value) is tuple
+            and len(value) == 4
+            and value[3] == ()
+            and value[0] == REQUEST
+            and type(value[0]) is int
+            and type(value[1]) is int
+            and 0 <= value[1] <= MAX_MSGID
+            and type(value[2]) is str
+        ):
+            return Request(value[1], value[2], {})
         if type(value) is _BadBody:
             return InvalidMessage(error_map(ErrorCode.BAD_FRAME, value.describe()), None)
         return _to_request(value)
 
     def response(self, msgid: int, result: Any) -> bytes:
-        return self._frame((RESPONSE, msgid, None, result))
+        body: bytes = self._packer.pack((RESPONSE, msgid, None, result))
+        return HEADER.pack(len(body)) + body
 
     def error_response(self, msgid: int, error: dict[str, Any]) -> bytes:
         return self._frame((RESPONSE, msgid, error, None))

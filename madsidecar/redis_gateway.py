@@ -71,6 +71,10 @@ class _Link:
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        # Batches still owed replies, oldest first, with their deadlines; one timer for
+        # the oldest, so an answered batch is freed at once rather than at its deadline.
+        self._deadlines: collections.deque[tuple[float, _Batch]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._awaiting_reply: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._wake_writer = asyncio.Event()
         self.failure: str | None = None
@@ -85,10 +89,25 @@ class _Link:
         if not self._queue:
             self._wake_writer.set()
             # The deadline runs from submission, so commands stuck behind a write that
-            # Redis is not reading still fail in time; one timer serves the whole batch.
-            self._loop.call_later(self._timeout_s, _expire, self._queue, self._timeout_s)
+            # Redis is not reading still fail in time.
+            self._deadlines.append((self._loop.time() + self._timeout_s, self._queue))
+            if self._deadline_timer is None:
+                self._arm_deadline_timer()
         self._queue.append((args, future))
         return future
+
+    def _arm_deadline_timer(self) -> None:
+        when = self._deadlines[0][0]
+        self._deadline_timer = self._loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _expire(deadlines.popleft()[1], self._timeout_s)
+        if deadlines:
+            self._arm_deadline_timer()
 
     async def _write_loop(self) -> None:
         try:
@@ -117,12 +136,14 @@ class _Link:
                 except ResponseError as exc:
                     reply = RedisCommandError(f"redis error reply: {exc}")
                 future = self._awaiting_reply.popleft()
-                if future.done():
-                    continue
-                if isinstance(reply, SidecarError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+                if not future.done():
+                    if isinstance(reply, SidecarError):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                deadlines = self._deadlines
+                if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is future:
+                    deadlines.popleft()  # the oldest batch has all its replies
         except asyncio.CancelledError:
             raise
         except IndexError:
@@ -145,6 +166,10 @@ class _Link:
                 future.set_exception(error)
         self._awaiting_reply.clear()
         self._queue.clear()
+        self._deadlines.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -160,7 +185,10 @@ class _Link:
             await self._conn.disconnect(nowait=True)
 
 
-def _expire(batch: list[tuple[Any, asyncio.Future[Any]]], timeout_s: float) -> None:
+_Batch = list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+
+
+def _expire(batch: _Batch, timeout_s: float) -> None:
     error: Unavailable | None = None
     for _, future in batch:
         if not future.done():

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from madsidecar_client import Client as SdkClient
-from madsidecar_client import InternalError, ShuttingDownError
+from madsidecar_client import BadRequestError, InternalError, ShuttingDownError
 
 from madsidecar.config import Config
 from madsidecar.methods import Arg, Client, Method, MethodTable
@@ -52,6 +52,7 @@ class Recorder:
             Method("test.peek", self.peek, (Arg("key", "name"),), ordered_by="key"),
             Method("test.gated", self.gated),
             Method("test.boom", self.boom),
+            Method("test.big", self.big, (Arg("size", "int"),)),
         )
 
     async def op(self, client: Client, args: dict[str, Any]) -> Any:
@@ -67,6 +68,9 @@ class Recorder:
         await self._note_start()
         await self.gate.wait()
         return "through"
+
+    def big(self, client: Client, args: dict[str, Any]) -> str:
+        return "x" * args["size"]
 
     def boom(self, client: Client, args: dict[str, Any]) -> None:
         raise RuntimeError("a bug")
@@ -93,7 +97,8 @@ async def served() -> AsyncIterator[tuple[Server, Recorder, str]]:
     table = MethodTable()
     for method in recorder.methods():
         table.register(method)
-    server = Server(Config(socket=path, max_inflight=4), table, [recorder])
+    config = Config(socket=path, max_inflight=4, max_frame_bytes=64 * 1024)
+    server = Server(config, table, [recorder])
     await server.listen()
     try:
         yield server, recorder, path
@@ -189,3 +194,14 @@ async def test_drain_refuses_what_outlives_the_deadline(
         await pending
     assert notes == ["shutdown"]
     await client.close()
+
+
+async def test_a_result_over_max_frame_bytes_is_refused_not_sent(
+    served: tuple[Server, Recorder, str],
+) -> None:
+    _, _, path = served
+    async with SdkClient(path) as client:
+        assert len(await client.call("test.big", {"size": 60_000})) == 60_000
+        with pytest.raises(BadRequestError, match="exceeds max_frame_bytes"):
+            await client.call("test.big", {"size": 70_000})
+        assert await client.call("test.op", {"key": "k"}) is None

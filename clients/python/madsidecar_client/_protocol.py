@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from collections.abc import Iterator
 from typing import Any, Final
 
 import msgpack
@@ -63,23 +62,31 @@ class ClientProtocol:
         body: bytes = self._packer.pack((0, msgid, method, (params,) if params else ()))
         return HEADER.pack(len(body)) + body
 
-    def receive_data(self, data: bytes) -> Iterator[Response | Notification]:
-        """Feed bytes; yields every complete message they finish."""
-        buf = self._buf
-        buf += data
+    def receive_data(self, data: bytes) -> list[Response | Notification]:
+        """Feed bytes; returns every complete message they finish, in order."""
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        messages: list[Response | Notification] = []
+        size = len(data)
         pos = 0
-        try:
-            while len(buf) - pos >= 4:
-                (length,) = HEADER.unpack_from(buf, pos)
-                end = pos + 4 + length
-                if len(buf) < end:
-                    break
-                with memoryview(buf) as view, view[pos + 4 : end] as body:
-                    value = msgpack.unpackb(body, raw=False, strict_map_key=False)
-                pos = end
-                yield _to_message(value)
-        finally:
-            del buf[:pos]
+        unpack_header = HEADER.unpack_from
+        while size - pos >= 4:
+            (length,) = unpack_header(data, pos)
+            end = pos + 4 + length
+            if size < end:
+                break
+            value = msgpack.unpackb(data[pos + 4 : end], raw=False, strict_map_key=False)
+            pos = end
+            # Responses are nearly everything a client reads; check their shape first.
+            if type(value) is list and len(value) == 4 and value[0] == 1:
+                messages.append(Response(value[1], value[2], value[3]))
+            else:
+                messages.append(_to_message(value))
+        if pos < size:
+            self._buf += data[pos:]
+        return messages
 
     def reset(self) -> None:
         self._buf.clear()

@@ -143,22 +143,28 @@ class Client:
         transport = self._transport_or_none()
         if transport is None:
             raise ConnectionLostError(f"not connected to {self.path}")
-        futures = []
+        loop = asyncio.get_running_loop()
+        proto, pending = self._proto, self._pending
+        futures: list[asyncio.Future[Any]] = []
         frames = []
         for method, params in calls:
-            msgid = self._proto.next_msgid(self._pending)
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending[msgid] = future
+            msgid = proto.next_msgid(pending)
+            future: asyncio.Future[Any] = loop.create_future()
+            pending[msgid] = future
             futures.append(future)
-            frames.append(self._proto.request(msgid, method, params))
+            frames.append(proto.request(msgid, method, params))
         transport.write(b"".join(frames))
-        results: list[Any] = []
-        for future in futures:
-            try:
-                results.append(await self._await_reply(future, limit))
-            except ServerError as exc:
-                results.append(exc)
-        return results
+        # One timer for the whole batch, not one per request.
+        timer = None if limit is None else loop.call_later(limit, _expire_all, futures, limit)
+        try:
+            for future in futures:
+                if not future.done():
+                    with contextlib.suppress(ServerError):
+                        await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return [_outcome(future) for future in futures]
 
     async def hello(self, namespace: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"client": self.client_name}
@@ -305,6 +311,24 @@ class Client:
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
+
+
+def _outcome(future: asyncio.Future[Any]) -> Any:
+    """A pipelined call's result, its ServerError as a value, or the failure raised."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, ServerError):
+        return error
+    raise error
+
+
+def _expire_all(futures: list[asyncio.Future[Any]], limit: float) -> None:
+    error: CallTimeoutError | None = None
+    for future in futures:
+        if not future.done():
+            error = error or CallTimeoutError(f"no reply within {limit} s")
+            future.set_exception(error)
 
 
 def _expire(future: asyncio.Future[Any], limit: float) -> None:
