@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 
-import madsidecar_client as sdk
 import pytest
+
+import madsidecar_client as sdk
 from madsidecar_client import BlockingClient, Client
 from madsidecar_client.errors import error_from_map
 

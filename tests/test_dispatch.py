@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
-from madsidecar_client import Client as SdkClient
-from madsidecar_client import BadRequestError, InternalError, ShuttingDownError
 
 from madsidecar.config import Config
 from madsidecar.methods import Arg, Client, Method, MethodTable
 from madsidecar.server import Server
+from madsidecar_client import BadRequestError, InternalError, ShuttingDownError
+from madsidecar_client import Client as SdkClient
 
 from .support import short_tempdir
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
+
 from madsidecar_client import BlockingClient, ShuttingDownError, UnavailableError
 
 from .rawclient import RawConnection

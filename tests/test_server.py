@@ -10,6 +10,7 @@ import time
 
 import msgpack
 import pytest
+
 from madsidecar_client import (
     BadRequestError,
     BlockingClient,

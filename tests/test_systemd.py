@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from madsidecar_client import BlockingClient
 
 from madsidecar.cli import build_parser
 from madsidecar.config import DEFAULT_SOCKET, env_name, load_config, scalar_settings
+from madsidecar_client import BlockingClient
 
 from .support import (
     REPO,
