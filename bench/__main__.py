@@ -460,18 +460,16 @@ def evaluate(
 
     placements = list(dict.fromkeys(outcome.spec.placement for outcome in outcomes.values()))
     for placement in placements:
-        for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
-            check(
-                f"ping p50 / echo p50, {client}, {placement}",
-                ratio(f"{name}_seq@{placement}", f"echo_seq@{placement}", "p50_us"),
-                "<=", TARGET_PING_P50_RATIO,
-            )  # fmt: skip
-        for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
-            check(
-                f"pipelined / echo pipelined, {client}, {placement}",
-                ratio(f"{name}_pipe@{placement}", f"echo_pipe@{placement}", "msgs_per_s"),
-                ">=", TARGET_PIPELINE_RATIO,
-            )  # fmt: skip
+        for label, suffix, field_name, op, target in (
+            ("ping p50 / echo p50", "seq", "p50_us", "<=", TARGET_PING_P50_RATIO),
+            ("pipelined / echo pipelined", "pipe", "msgs_per_s", ">=", TARGET_PIPELINE_RATIO),
+        ):
+            for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
+                check(
+                    f"{label}, {client}, {placement}",
+                    ratio(f"{name}_{suffix}@{placement}", f"echo_{suffix}@{placement}", field_name),
+                    op, target,
+                )  # fmt: skip
     for moment in ("after_start", "after_runs"):
         sample = memory.get(f"sidecar_{moment}")
         if sample:

@@ -392,18 +392,6 @@ def reload_changes(old: Config, new: Config) -> tuple[Config, list[str], list[st
 
 
 def read_redis_password(config: Config) -> str | None:
-    if config.embedded_persistence and not config.embedded_dir:
-        raise ConfigError(
-            "embedded_persistence: needs embedded_dir, or the data would go to a "
-            "temporary directory that is deleted on exit"
-        )
-    if config.embedded_maxmemory is not None and not _MAXMEMORY.fullmatch(
-        config.embedded_maxmemory
-    ):
-        raise ConfigError(
-            f"embedded_maxmemory: expected a size such as 256mb or 2gb, "
-            f"got {config.embedded_maxmemory!r}"
-        )
     if config.redis_password_file is not None:
         with open(config.redis_password_file, encoding="utf-8") as fh:
             return fh.read().strip() or None

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
 from .errors import BadRequest, Forbidden
-from .methods import Arg, Client, Method
+from .methods import Arg, CapabilityBase, Client, Method
 from .redis_gateway import RedisGateway
 from .server import Server
 
@@ -22,7 +22,7 @@ REQUIRED_SECTIONS: dict[str, dict[str, int]] = {
 }
 
 
-class CoreMethods:
+class CoreMethods(CapabilityBase):
     group = "core"
 
     def __init__(
@@ -120,15 +120,3 @@ class CoreMethods:
             "redis_latency_ms": round(latency_us / 1000),
             "redis_latency_us": latency_us,
         }
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def connection_closed(self, client: Client) -> None:
-        return None

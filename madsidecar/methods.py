@@ -182,6 +182,27 @@ class Capability(Protocol):
     def connection_closed(self, client: Client) -> None: ...
 
 
+class CapabilityBase:
+    """Defaults for the parts of `Capability` a module may not need."""
+
+    group: str = ""
+
+    def methods(self) -> Iterable[Method]:
+        return ()
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def connection_closed(self, client: Client) -> None:
+        return None
+
+
 class MethodTable:
     """Name -> Method, filled once at start from the capabilities."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from madsidecar.config import Config
-from madsidecar.methods import Arg, Client, Method, MethodTable
+from madsidecar.methods import Arg, CapabilityBase, Client, Method, MethodTable
 from madsidecar.server import Server
 from madsidecar_client import BadRequestError, InternalError, ShuttingDownError
 from madsidecar_client import Client as SdkClient
@@ -19,7 +19,7 @@ from madsidecar_client import Client as SdkClient
 from .support import short_tempdir
 
 
-class Recorder:
+class Recorder(CapabilityBase):
     """A test capability whose handlers record when they start and finish."""
 
     group = "test"
@@ -74,15 +74,6 @@ class Recorder:
 
     def boom(self, client: Client, args: dict[str, Any]) -> None:
         raise RuntimeError("a bug")
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     def connection_closed(self, client: Client) -> None:
         self.closed_connections.append(client.conn_id)

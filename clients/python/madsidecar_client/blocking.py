@@ -5,6 +5,7 @@ without a lock of your own."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import select
 import socket
 import time
@@ -200,10 +201,17 @@ class BlockingClient:
                 sock.setblocking(True)
 
     def _receive_available(self, sock: socket.socket) -> None:
+        """Read what a non-blocking socket has, if anything."""
+        with contextlib.suppress(BlockingIOError):
+            self._recv_once(sock)
+
+    def _recv_once(self, sock: socket.socket) -> None:
+        """One recv, absorbed; a closed or broken connection raises ConnectionLostError.
+        BlockingIOError and TimeoutError pass through for the caller to judge."""
         try:
             data = sock.recv(_READ_SIZE)
-        except BlockingIOError:
-            return
+        except (BlockingIOError, TimeoutError):
+            raise
         except OSError as exc:
             self._drop()
             raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
@@ -230,16 +238,9 @@ class BlockingClient:
         else:
             sock.settimeout(None)
         try:
-            data = sock.recv(_READ_SIZE)
+            self._recv_once(sock)
         except TimeoutError:
             return False
-        except OSError as exc:
-            self._drop()
-            raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
-        if not data:
-            self._drop()
-            raise ConnectionLostError(f"connection to {self.path} closed by the sidecar")
-        self._absorb(data)
         return True
 
     def _absorb(self, data: bytes) -> None:
