@@ -36,7 +36,8 @@ class PolicyRule:
     """Which peers (by uid/gid) may use which namespaces and method groups.
 
     `uids`/`gids` of None match any peer; a rule with both set matches a peer that has
-    either. `"*"` in `namespaces` or `methods` allows everything.
+    either. `gids` match the peer's primary group and its supplementary groups.
+    `"*"` in `namespaces` or `methods` allows everything.
     """
 
     uids: frozenset[int] | None = None
@@ -44,11 +45,11 @@ class PolicyRule:
     namespaces: frozenset[str] = frozenset({"default"})
     methods: frozenset[str] = frozenset({"*"})
 
-    def matches(self, uid: int | None, gid: int | None) -> bool:
+    def matches(self, uid: int | None, groups: frozenset[int]) -> bool:
         if self.uids is None and self.gids is None:
             return True
         return (self.uids is not None and uid in self.uids) or (
-            self.gids is not None and gid in self.gids
+            self.gids is not None and not self.gids.isdisjoint(groups)
         )
 
     def allows_namespace(self, namespace: str) -> bool:

@@ -109,10 +109,11 @@ namespaces = ["*"]
 """,
     )
     first, second = load_config({"config": path}, {}).policy
-    assert first.matches(1000, 5) and not first.matches(7, 5)
+    assert first.matches(1000, frozenset({5})) and not first.matches(7, frozenset({5}))
     assert first.allows_namespace("billing") and not first.allows_namespace("default")
     assert first.allows_group("lock") and not first.allows_group("session")
-    assert second.matches(9, 50) and second.allows_namespace("anything")
+    assert second.matches(9, frozenset({7, 50})), "a supplementary group matches too"
+    assert second.allows_namespace("anything")
     assert second.allows_group("session")
 
 

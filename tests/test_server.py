@@ -6,6 +6,8 @@ import os
 import signal
 import stat
 import struct
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -240,3 +242,24 @@ def test_hello_cannot_switch_namespace_under_running_requests(redis_server: Redi
             redis_server.process.send_signal(signal.SIGCONT)
         assert isinstance(hello, BadRequestError) and hello.argument == "namespace"
         assert client.hello(namespace="other")["namespace"] == "other"
+
+
+def test_policy_gids_match_supplementary_groups(redis_server: RedisProcess) -> None:
+    """A service user added to the sidecar's group is admitted by a gids rule."""
+    config = "[[policy]]\ngids = [4242]\nnamespaces = ['default']\n"
+    probe = (
+        "import sys; from madsidecar_client import BlockingClient\n"
+        "c = BlockingClient(sys.argv[1])\n"
+        "print(c.stats()['connections'])\n"
+    )
+    with running_sidecar(redis_server, config_toml=config) as side:
+        with side.client() as client, pytest.raises(ForbiddenError):
+            client.stats()
+        member = subprocess.run(
+            [sys.executable, "-c", probe, side.socket_path],
+            extra_groups=[4242],  # needs root, as CI has; the sidecar sees the group
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert member.returncode == 0, member.stderr
