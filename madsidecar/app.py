@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from . import __version__
+from .cache import Cache
 from .config import Config, ConfigError, load_config, read_redis_password, reload_changes
 from .core import CoreMethods
 from .embedded_redis import EmbeddedRedis
@@ -35,6 +36,7 @@ class Sidecar:
         self.embedded: EmbeddedRedis | None = None
         self.gateway: RedisGateway | None = None
         self.server: Server | None = None
+        self.cache: Cache | None = None
         self._capabilities: list[Capability] = []
 
     def request_stop(self) -> None:
@@ -72,11 +74,13 @@ class Sidecar:
         self.gateway.start()
         table = MethodTable()
         self.server = Server(self.config, table, self._capabilities)
-        self._capabilities.append(
+        self.cache = Cache(self.config, self.gateway)
+        self._capabilities += [
             CoreMethods(
                 self.server, self.gateway, self._capability_stats, self.embedded is not None
-            )
-        )
+            ),
+            self.cache,
+        ]
         for capability in self._capabilities:
             for method in capability.methods():
                 table.register(method)
@@ -93,6 +97,9 @@ class Sidecar:
         assert self.gateway is not None
         self._notifier.status("waiting for Redis")
         await self.gateway.wait_connected()
+        if self.cache is not None:
+            self._notifier.status("warming the cache")
+            await self.cache.warm_up(self.config.cache_warm_timeout_ms / 1000)
         self._notifier.ready("serving")
         log.info("ready")
 

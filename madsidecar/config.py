@@ -62,6 +62,14 @@ class PolicyRule:
 DEFAULT_POLICY: Final = (PolicyRule(),)
 
 
+@dataclass(frozen=True)
+class WarmTarget:
+    """Cache keys loaded from L2 into L1 at start and after every L1 flush."""
+
+    namespace: str
+    prefix: str
+
+
 def _setting(
     default: Any,
     help: str,
@@ -147,6 +155,35 @@ class Config:
     embedded_maxmemory: str | None = _setting(
         None, "maxmemory of the embedded redis-server, e.g. 256mb"
     )
+    l1_max_entries: int = _setting(
+        100_000, "most entries the node's L1 cache holds", minimum=0, maximum=100_000_000
+    )
+    l1_max_bytes: int = _setting(
+        256 * 1024 * 1024, "most bytes of values the L1 cache holds", minimum=0, maximum=1 << 40
+    )
+    l1_eviction: str = _setting("lru", "L1 eviction policy", choices=("lru", "lfu"))
+    l1_max_ttl_ms: int = _setting(
+        60_000, "longest an entry lives in L1 before L2 is asked again", minimum=1,
+        maximum=86_400_000,
+    )  # fmt: skip
+    cache_default_ttl_ms: int = _setting(
+        3_600_000, "L2 TTL of cache.set/fill without ttl_ms", minimum=1, maximum=2**47
+    )
+    cache_ttl_jitter_percent: int = _setting(
+        5, "L2 TTLs are shortened by up to this much so keys expire apart", minimum=0,
+        maximum=50,
+    )  # fmt: skip
+    cache_stale_max_ms: int = _setting(
+        300_000, "while Redis is down, serve L1 entries up to this old", minimum=0,
+        maximum=86_400_000,
+    )  # fmt: skip
+    cache_probe_interval_ms: int = _setting(
+        1000, "how often the invalidation feed is proven live", minimum=50, maximum=60_000
+    )
+    cache_warm_timeout_ms: int = _setting(
+        10_000, "longest start-up waits for cache warming", minimum=0, maximum=600_000
+    )
+    cache_warm: tuple[WarmTarget, ...] = field(default=(), metadata={})
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
     config_file: str | None = field(default=None, metadata={})
 
@@ -235,6 +272,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         where = f"{path}: {key}"
         if key == "policy":
             values["policy"] = _parse_policy(raw, where)
+        elif key == "cache_warm":
+            values["cache_warm"] = _parse_warm(raw, where)
         elif key in known:
             values[key] = _check_type(known[key], raw, where)
         else:
@@ -299,6 +338,25 @@ def _parse_policy(raw: Any, where: str) -> tuple[PolicyRule, ...]:
             )
         )
     return tuple(rules)
+
+
+def _parse_warm(raw: Any, where: str) -> tuple[WarmTarget, ...]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"cache_warm: expected [[cache_warm]] tables in {where}")
+    targets = []
+    for index, table in enumerate(raw):
+        here = f"cache_warm[{index}]"
+        if set(table) - {"namespace", "prefix"}:
+            raise ConfigError(
+                f"{here}: unknown keys {sorted(set(table) - {'namespace', 'prefix'})}"
+            )
+        namespace, prefix = table.get("namespace", "default"), table.get("prefix")
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigError(f"{here}.namespace: expected a namespace name")
+        if not isinstance(prefix, str):
+            raise ConfigError(f'{here}.prefix: expected a str ("" warms the namespace)')
+        targets.append(WarmTarget(namespace, prefix))
+    return tuple(targets)
 
 
 def _int_set(raw: Any, name: str) -> frozenset[int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
@@ -186,6 +187,11 @@ class ClientConnection(asyncio.Protocol):
         except Exception:
             self._out.append(self._internal_error(request.msgid, method.name))
             return
+        if type(result) is CoroutineType:
+            # An inline handler that could not answer at once (an L1 miss, say) hands
+            # back the rest of its work; it runs as a task in this request's place.
+            self._start_task(method, request.msgid, args, result)
+            return
         self._out.append(self._encode_result(request.msgid, method.name, result))
 
     def _authorize(self, method: Method) -> None:
@@ -195,13 +201,19 @@ class ClientConnection(asyncio.Protocol):
         if method.group != "core" and not rule.allows_namespace(self.namespace):
             raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
 
-    def _start_task(self, method: Method, msgid: int, args: dict[str, Any]) -> None:
+    def _start_task(
+        self,
+        method: Method,
+        msgid: int,
+        args: dict[str, Any],
+        started: CoroutineType[Any, Any, Any] | None = None,
+    ) -> None:
         previous: asyncio.Task[None] | None = None
         key: tuple[str, Any] | None = None
         if method.ordered_by is not None:
             key = (method.group, args[method.ordered_by])
             previous = self._key_tails.get(key)
-        task = self._loop.create_task(self._run(method, msgid, args, previous, key))
+        task = self._loop.create_task(self._run(method, msgid, args, previous, key, started))
         self._tasks.add(task)
         if key is not None:
             self._key_tails[key] = task
@@ -213,13 +225,14 @@ class ClientConnection(asyncio.Protocol):
         args: dict[str, Any],
         previous: asyncio.Task[None] | None,
         key: tuple[str, Any] | None,
+        started: CoroutineType[Any, Any, Any] | None,
     ) -> None:
         reply: bytes | None = None
         try:
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))
-            result = method.handler(self, args)
-            if method.is_async:
+            result = started if started is not None else method.handler(self, args)
+            if type(result) is CoroutineType:
                 result = await result
             reply = self._encode_result(msgid, method.name, result)
         except SidecarError as exc:

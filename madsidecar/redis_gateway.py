@@ -40,6 +40,10 @@ log = structlog.get_logger("madsidecar.redis")
 class RedisCommandError(SidecarError):
     """Redis answered a command with an error reply (a bug on our side if it happens)."""
 
+    def __init__(self, message: str, reply: ResponseError | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
 
 @dataclass(frozen=True)
 class RedisSettings:
@@ -134,7 +138,7 @@ class _Link:
                 try:
                     reply: Any = await self._conn.read_response()
                 except ResponseError as exc:
-                    reply = RedisCommandError(f"redis error reply: {exc}")
+                    reply = RedisCommandError(f"redis error reply: {exc}", exc)
                 future = self._awaiting_reply.popleft()
                 if not future.done():
                     if isinstance(reply, SidecarError):
@@ -312,7 +316,9 @@ class RedisGateway:
                 attempts=failures,
             )
 
-    async def _open_link(self) -> _Link:
+    async def open_connection(self) -> AbstractConnection:
+        """A new, connected redis-py connection with this gateway's URL and credentials,
+        for work that cannot share the pipelined link (subscriptions)."""
         conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -323,7 +329,14 @@ class RedisGateway:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
             raise
-        return _Link(conn, self._timeout_s, self.counters)
+        return conn
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    async def _open_link(self) -> _Link:
+        return _Link(await self.open_connection(), self._timeout_s, self.counters)
 
     async def _probe_health(self) -> None:
         interval = self._settings.health_interval_ms / 1000

@@ -1,0 +1,574 @@
+"""cache.*: L1 per node in front of L2 in Redis, coherent across nodes.
+
+Reads try L1 inline (no task, no Redis) and fall back to L2. Every node keeps a feed of
+invalidations for the cache's key roots (see `redis_feed`); a key changed by anyone drops
+out of every node's L1. The feed is proven live by a probe key this node writes and must
+see invalidated; while it is not proven, L1 serves nothing (except as the documented
+fallback while Redis itself is down). `fetch`/`fill` hand out one lease per key fleet-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgpack
+import structlog
+
+from ..config import Config, WarmTarget
+from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
+from ..methods import Arg, CapabilityBase, Client, Method
+from ..redis_feed import RedisFeed
+from ..redis_gateway import RedisGateway
+from ..redis_scripts import LuaScript
+from .guard import ReadGuard
+from .keys import CacheKeys
+from .l1 import ENTRY_OVERHEAD_BYTES, L1Cache, L1Entry
+
+log = structlog.get_logger("madsidecar.cache")
+
+SCAN_BATCH: Final = 1000
+MAX_MGET_KEYS: Final = 10_000
+LEASE_POLL_MAX_S: Final = 0.5
+
+_FETCH_HIT, _FETCH_LEASE, _FETCH_HIT_AND_LEASE, _FETCH_WAIT = 0, 1, 2, 3
+
+
+def _decode(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False)
+
+
+def _encode(value: Any) -> bytes:
+    try:
+        encoded: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"value cannot be stored: {exc}", argument="value") from None
+    return encoded
+
+
+class CacheStats:
+    __slots__ = (
+        "fills",
+        "flushes",
+        "invalidations",
+        "l1_hits",
+        "l2_hits",
+        "leases_granted",
+        "misses",
+        "stale_served",
+    )
+
+    def __init__(self) -> None:
+        self.l1_hits = self.l2_hits = self.misses = 0
+        self.invalidations = self.flushes = self.leases_granted = 0
+        self.fills = self.stale_served = 0
+
+
+class Cache(CapabilityBase):
+    group = "cache"
+
+    def __init__(self, config: Config, gateway: RedisGateway) -> None:
+        self._config = config
+        self._gateway = gateway
+        self._keys = CacheKeys(config.key_prefix, config.node_id)
+        self._l1 = L1Cache(config.l1_max_entries, config.l1_max_bytes, config.l1_eviction)
+        self._guard = ReadGuard()
+        self._feed = RedisFeed(
+            gateway,
+            self,
+            tracking_prefixes=(self._keys.value_root, self._keys.lease_root),
+            channels=(self._keys.channel,),
+            name="madsidecar-cache-feed:" + re.sub(r"[^\w.:-]", "_", config.node_id),
+        )
+        self._feed_live = False
+        self._was_live = False
+        self._feed_live_event = asyncio.Event()
+        self._probe_nonce = 0
+        self._probe_seen = asyncio.Event()
+        self._probe_now = asyncio.Event()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._leases: dict[int, dict[str, str]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stats = CacheStats()
+        self._scripts = {
+            name: LuaScript.beside(__file__, f"{name}.lua")
+            for name in ("set", "delete", "fetch", "fill", "release_lease")
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def methods(self) -> Iterable[Method]:
+        ttl = Arg("ttl_ms", "int", None, minimum=1, maximum=2**47)
+        return (
+            Method("cache.get", self.get, (Arg("key", "name"),), ordered_by="key"),
+            Method("cache.mget", self.mget, (Arg("keys", "names"),)),
+            Method(
+                "cache.set",
+                self.set,
+                (Arg("key", "name"), Arg("value", "any"), ttl),
+                ordered_by="key",
+            ),
+            Method("cache.delete", self.delete, (Arg("keys", "names"),)),
+            Method("cache.invalidate", self.invalidate, (Arg("prefix", "str"),)),
+            Method(
+                "cache.fetch",
+                self.fetch,
+                (
+                    Arg("key", "name"),
+                    ttl,
+                    Arg("lease_ms", "int", 10_000, minimum=1, maximum=86_400_000),
+                    Arg("wait_ms", "int", 5_000, minimum=0, maximum=3_600_000),
+                    Arg("refresh_ahead_ms", "int", 0, minimum=0, maximum=2**47),
+                ),
+                ordered_by="key",
+            ),
+            Method(
+                "cache.fill",
+                self.fill,
+                (Arg("key", "name"), Arg("lease", "str"), Arg("value", "any"), ttl),
+                ordered_by="key",
+            ),
+            Method("cache.warm", self.warm_method, (Arg("prefix", "str"),)),
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        self._feed.start()
+        self._tasks.append(asyncio.create_task(self._probe_loop(), name="cache-probe"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=self._gateway.timeout_s)
+        await self._feed.close()
+
+    async def warm_up(self, timeout_s: float) -> None:
+        """At start: wait for a live feed (L1 usable), then load the configured keys."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._feed_live_event.wait()
+                await self._warm_targets(self._config.cache_warm)
+        except TimeoutError:
+            log.warning("cache_not_warm_at_start", timeout_ms=int(timeout_s * 1000))
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats
+        return {
+            "cache": {
+                "l1_hits": s.l1_hits,
+                "l2_hits": s.l2_hits,
+                "misses": s.misses,
+                "l1_entries": self._l1.entries,
+                "l1_bytes": self._l1.bytes,
+                "evictions": self._l1.evictions,
+                "invalidations": s.invalidations,
+                "flushes": s.flushes,
+                "leases_granted": s.leases_granted,
+                "fills": s.fills,
+                "stale_served": s.stale_served,
+                "feed_live": self._feed_live,
+            }
+        }
+
+    def connection_closed(self, client: Client) -> None:
+        leases = self._leases.pop(client.conn_id, None)
+        for lease_key, token in (leases or {}).items():
+            self._in_background(
+                self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
+            )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, client: Client, args: dict[str, Any]) -> Any:
+        key = self._keys.value(client.namespace, args["key"])
+        hit = self._l1_hit(key)
+        if hit is not None:
+            return hit
+        return self._read_l2(key)
+
+    def mget(self, client: Client, args: dict[str, Any]) -> Any:
+        names = args["keys"]
+        if len(names) > MAX_MGET_KEYS:
+            raise BadRequest(f"cache.mget: at most {MAX_MGET_KEYS} keys", argument="keys")
+        keys = [self._keys.value(client.namespace, name) for name in names]
+        results = [self._l1_hit(key) for key in keys]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if not missing:
+            return results
+        return self._mget_rest(keys, results, missing)
+
+    async def _mget_rest(
+        self, keys: list[str], results: list[Any], missing: list[int]
+    ) -> list[Any]:
+        reads = [self._read_l2(keys[i]) for i in missing]
+        for i, entry in zip(missing, await asyncio.gather(*reads), strict=True):
+            results[i] = entry
+        return results
+
+    def _l1_hit(self, key: str) -> dict[str, Any] | None:
+        if not self._feed_live:
+            return None
+        entry = self._l1.get(key)
+        if entry is None:
+            return None
+        now = time.monotonic()
+        if now >= entry.fresh_until:
+            return None
+        self._stats.l1_hits += 1
+        return {"value": entry.value, "source": "l1", "ttl_ms": _remaining_ms(entry, now)}
+
+    async def _read_l2(self, key: str) -> dict[str, Any] | None:
+        generation = self._guard.begin(key)
+        fresh = False
+        try:
+            get = self._gateway.execute("GET", key)
+            pttl = self._gateway.execute("PTTL", key)
+            raw, ttl_ms = await get, await pttl
+            fresh = True
+        except Unavailable:
+            fallback = self._stale_fallback(key)
+            if fallback is None:
+                raise
+            return fallback
+        finally:
+            fresh = self._guard.end(key, generation) and fresh
+        if raw is None or ttl_ms == -2:
+            self._stats.misses += 1
+            return None
+        value = _decode(raw)
+        self._stats.l2_hits += 1
+        if fresh and self._feed_live:
+            self._remember(key, value, len(raw), ttl_ms)
+        return {"value": value, "source": "l2", "ttl_ms": None if ttl_ms < 0 else ttl_ms}
+
+    def _stale_fallback(self, key: str) -> dict[str, Any] | None:
+        """Redis is down: an L1 entry is the best answer there is, marked if past its
+        L1 freshness."""
+        entry = self._l1.get(key)
+        if entry is None:
+            return None
+        now = time.monotonic()
+        if now - entry.stored_at > self._config.cache_stale_max_ms / 1000:
+            return None
+        result = {"value": entry.value, "source": "l1", "ttl_ms": _remaining_ms(entry, now)}
+        if now >= entry.fresh_until or not self._feed_live:
+            result["stale"] = True
+            self._stats.stale_served += 1
+        return result
+
+    def _remember(self, key: str, value: Any, encoded_size: int, ttl_ms: int) -> None:
+        now = time.monotonic()
+        life_s = self._config.l1_max_ttl_ms / 1000
+        expires_at = None
+        if ttl_ms >= 0:
+            expires_at = now + ttl_ms / 1000
+            life_s = min(life_s, ttl_ms / 1000)
+        size = encoded_size + len(key) + ENTRY_OVERHEAD_BYTES
+        self._l1.put(key, L1Entry(value, size, now + life_s, expires_at, now))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def set(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        encoded = _encode(args["value"])
+        key = self._keys.value(client.namespace, args["key"])
+        ttl_ms = self._jittered(args["ttl_ms"])
+        await self._scripts["set"].run(
+            self._gateway, [key, self._keys.lease_for_value(key)], [encoded, ttl_ms]
+        )
+        self._drop_local(key)
+        return {"ok": True}
+
+    async def delete(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        keys = [self._keys.value(client.namespace, name) for name in args["keys"]]
+        if not keys:
+            return {"deleted": 0}
+        pairs = [k for key in keys for k in (key, self._keys.lease_for_value(key))]
+        deleted = await self._scripts["delete"].run(self._gateway, pairs)
+        for key in keys:
+            self._drop_local(key)
+        return {"deleted": int(deleted)}
+
+    async def invalidate(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        namespace, prefix = client.namespace, args["prefix"]
+        deleted = 0
+        async for keys in self._scan(self._keys.value_pattern(namespace, prefix)):
+            leases = [self._keys.lease_for_value(key) for key in keys]
+            deleted += int(await self._gateway.execute("UNLINK", *keys))
+            await self._gateway.execute("UNLINK", *leases)
+            for key in keys:
+                self._drop_local(key)
+        # Keys that expired from L2 but sit in some node's L1 get no invalidation of
+        # their own: every node drops the prefix from L1 on this message.
+        self._drop_local_prefix(self._keys.value_prefix(namespace, prefix))
+        await self._gateway.execute(
+            "PUBLISH", self._keys.channel, self._keys.value_prefix(namespace, prefix)
+        )
+        return {"deleted": deleted}
+
+    def _jittered(self, ttl_ms: int | None) -> int:
+        ttl = ttl_ms if ttl_ms is not None else self._config.cache_default_ttl_ms
+        jitter = int(ttl * self._config.cache_ttl_jitter_percent / 100)
+        return ttl - random.randint(0, jitter) if jitter else ttl
+
+    def _drop_local(self, key: str) -> None:
+        self._l1.pop(key)
+        self._guard.invalidated(key)
+
+    def _drop_local_prefix(self, prefix: str) -> None:
+        self._l1.drop_prefix(prefix)
+        self._guard.invalidated_all()
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def fetch(self, client: Client, args: dict[str, Any]) -> Any:
+        key = self._keys.value(client.namespace, args["key"])
+        hit = self._l1_hit(key)
+        if hit is not None and (
+            not args["refresh_ahead_ms"] or (hit["ttl_ms"] or 0) >= args["refresh_ahead_ms"]
+        ):
+            return hit
+        return self._fetch(client, key, args)
+
+    async def _fetch(self, client: Client, key: str, args: dict[str, Any]) -> dict[str, Any]:
+        lease_key = self._keys.lease_for_value(key)
+        deadline = time.monotonic() + args["wait_ms"] / 1000
+        while True:
+            # Registered before asking Redis, so a fill landing in between still wakes us.
+            woken = self._wait_on((key, lease_key))
+            try:
+                token = secrets.token_urlsafe(18)
+                generation = self._guard.begin(key)
+                try:
+                    status, raw, pttl = await self._scripts["fetch"].run(
+                        self._gateway,
+                        [key, lease_key],
+                        [token, args["lease_ms"], args["refresh_ahead_ms"]],
+                    )
+                finally:
+                    fresh = self._guard.end(key, generation)
+                if status == _FETCH_LEASE:
+                    return self._grant(client, lease_key, token, {"lease": token})
+                if status in (_FETCH_HIT, _FETCH_HIT_AND_LEASE):
+                    value = _decode(raw)
+                    self._stats.l2_hits += 1
+                    if fresh and self._feed_live:
+                        self._remember(key, value, len(raw), pttl)
+                    result = {"value": value, "source": "l2", "ttl_ms": None if pttl < 0 else pttl}
+                    if status == _FETCH_HIT_AND_LEASE:
+                        result = self._grant(client, lease_key, token, {**result, "lease": token})
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout(
+                        f"cache.fetch: no value for {args['key']!r} within "
+                        f"wait_ms={args['wait_ms']}; another caller holds the lease"
+                    )
+                # Woken by the fill or the lease's release; polling is only the fallback.
+                poll = min(remaining, max(pttl / 1000, 0.01), LEASE_POLL_MAX_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(woken), poll)
+            finally:
+                self._stop_waiting((key, lease_key), woken)
+
+    def _grant(
+        self, client: Client, lease_key: str, token: str, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        self._stats.leases_granted += 1
+        if client.closed:
+            self._in_background(
+                self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
+            )
+        else:
+            self._leases.setdefault(client.conn_id, {})[lease_key] = token
+        return result
+
+    async def fill(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        encoded = _encode(args["value"])
+        key = self._keys.value(client.namespace, args["key"])
+        lease_key = self._keys.lease_for_value(key)
+        landed = await self._scripts["fill"].run(
+            self._gateway,
+            [key, lease_key],
+            [args["lease"], encoded, self._jittered(args["ttl_ms"])],
+        )
+        owned = self._leases.get(client.conn_id)
+        if owned is not None and owned.get(lease_key) == args["lease"]:
+            del owned[lease_key]
+        if not landed:
+            raise NotHeld(
+                f"cache.fill: the lease on {args['key']!r} is no longer current "
+                "(expired, released, or voided by a write of the key)"
+            )
+        self._stats.fills += 1
+        self._drop_local(key)
+        return {"ok": True}
+
+    def _wait_on(self, keys: tuple[str, ...]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(future)
+        return future
+
+    def _stop_waiting(self, keys: tuple[str, ...], future: asyncio.Future[None]) -> None:
+        for key in keys:
+            waiting = self._waiters.get(key)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._waiters[key]
+
+    def _wake(self, key: str) -> None:
+        for future in self._waiters.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    # -- warming --------------------------------------------------------------------------
+
+    async def warm_method(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        if not self._feed_live:
+            raise Unavailable(
+                "cache.warm: the invalidation feed is not live, so L1 is off",
+                retry_after_ms=self._config.cache_probe_interval_ms,
+            )
+        loaded = await self._warm(WarmTarget(client.namespace, args["prefix"]))
+        return {"loaded": loaded}
+
+    async def _warm_targets(self, targets: Iterable[WarmTarget]) -> None:
+        for target in targets:
+            started = time.monotonic()
+            try:
+                loaded = await self._warm(target)
+            except SidecarError as exc:
+                log.warning("cache_warm_failed", namespace=target.namespace, reason=exc.message)
+                continue
+            log.info(
+                "cache_warmed",
+                namespace=target.namespace,
+                prefix=target.prefix,
+                loaded=loaded,
+                took_ms=int((time.monotonic() - started) * 1000),
+            )
+
+    async def _warm(self, target: WarmTarget) -> int:
+        loaded = 0
+        async for keys in self._scan(self._keys.value_pattern(target.namespace, target.prefix)):
+            entries = await asyncio.gather(*(self._read_l2(key) for key in keys))
+            loaded += sum(entry is not None for entry in entries)
+            if loaded and loaded % (10 * SCAN_BATCH) < len(keys):
+                log.info("cache_warming", namespace=target.namespace, loaded=loaded)
+        return loaded
+
+    async def _scan(self, pattern: str) -> Any:
+        cursor = b"0"
+        while True:
+            cursor, keys = await self._gateway.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_BATCH
+            )
+            if keys:
+                yield [key.decode() for key in keys]
+            if cursor in (b"0", 0, "0"):
+                return
+
+    # -- the invalidation feed ------------------------------------------------------------
+
+    def feed_invalidated(self, keys: list[bytes] | None) -> None:
+        if keys is None:
+            self._flush("redis flushed its data")
+            for key in list(self._waiters):
+                self._wake(key)
+            return
+        for raw in keys:
+            key = raw.decode("utf-8", "surrogateescape")
+            if key == self._keys.probe:
+                self._probe_seen.set()
+                continue
+            self._stats.invalidations += 1
+            self._l1.pop(key)
+            self._guard.invalidated(key)
+            if key in self._waiters:
+                self._wake(key)
+
+    def feed_message(self, channel: bytes, data: bytes) -> None:
+        self._l1.drop_prefix(data.decode("utf-8", "surrogateescape"))
+        self._guard.invalidated_all()
+
+    def feed_up(self) -> None:
+        self._probe_now.set()  # prove it at once rather than at the next interval
+
+    def feed_down(self, reason: str) -> None:
+        if self._feed_live:
+            log.warning("cache_l1_off", reason=reason)
+        self._set_feed_live(False)
+
+    def _set_feed_live(self, live: bool) -> None:
+        if live == self._feed_live:
+            return
+        self._feed_live = live
+        self._guard.invalidated_all()
+        if live:
+            # Invalidations may have been missed while the feed was unproven.
+            if self._l1.entries:
+                self._flush("invalidation feed proven live again")
+            self._feed_live_event.set()
+            if self._config.cache_warm and self._was_live:
+                # At start `warm_up` does this before READY=1; later, after each flush.
+                self._in_background(self._warm_targets(self._config.cache_warm))
+            self._was_live = True
+        else:
+            self._feed_live_event.clear()
+            # Lease waiters cannot count on being woken; their polling takes over.
+            for key in list(self._waiters):
+                self._wake(key)
+
+    def _flush(self, reason: str) -> None:
+        had = self._l1.entries
+        self._l1.clear()
+        self._guard.invalidated_all()
+        self._stats.flushes += 1
+        log.info("cache_l1_flushed", reason=reason, entries=had)
+
+    async def _probe_loop(self) -> None:
+        """Write the probe key; its invalidation must come back through the feed."""
+        interval = self._config.cache_probe_interval_ms / 1000
+        patience = max(interval, self._gateway.timeout_s) * 2
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_now.wait(), interval)
+            self._probe_now.clear()
+            if not self._feed.connected:
+                continue
+            self._probe_seen.clear()
+            self._probe_nonce += 1
+            try:
+                await self._gateway.execute(
+                    "SET", self._keys.probe, self._probe_nonce, "PX", 60_000
+                )
+            except SidecarError:
+                continue  # Redis is down; the feed will say so itself
+            try:
+                await asyncio.wait_for(self._probe_seen.wait(), patience)
+            except TimeoutError:
+                self._set_feed_live(False)
+                self._feed.restart(f"probe invalidation not seen within {patience:.1f} s")
+                continue
+            if not self._feed_live:
+                log.info("cache_l1_on")
+            self._set_feed_live(True)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _remaining_ms(entry: L1Entry, now: float) -> int | None:
+    if entry.expires_at is None:
+        return None
+    return max(int((entry.expires_at - now) * 1000), 0)

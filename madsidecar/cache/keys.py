@@ -1,0 +1,41 @@
+"""Where the cache keeps things in Redis.
+
+Values live under `<prefix>c:<len(ns)>:<ns>:<key>` and leases under `<prefix>cl:...`.
+The namespace is length-prefixed so that no (namespace, key) pair can spell another's
+key, and the two roots are the feed's BCAST tracking prefixes (they do not overlap).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_GLOB_SPECIALS: Final = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+class CacheKeys:
+    def __init__(self, key_prefix: str, node_id: str) -> None:
+        self.value_root = f"{key_prefix}c:"
+        self.lease_root = f"{key_prefix}cl:"
+        # Starts with "_", which no namespace length does: it can never be a user key.
+        self.probe = f"{self.value_root}_probe:{node_id}"
+        self.channel = f"{key_prefix}cache:invalidate"
+
+    @staticmethod
+    def scope(namespace: str) -> str:
+        return f"{len(namespace)}:{namespace}:"
+
+    def value(self, namespace: str, key: str) -> str:
+        return f"{self.value_root}{len(namespace)}:{namespace}:{key}"
+
+    def lease(self, namespace: str, key: str) -> str:
+        return f"{self.lease_root}{len(namespace)}:{namespace}:{key}"
+
+    def lease_for_value(self, value_key: str) -> str:
+        return self.lease_root + value_key[len(self.value_root) :]
+
+    def value_prefix(self, namespace: str, prefix: str) -> str:
+        return self.value_root + self.scope(namespace) + prefix
+
+    def value_pattern(self, namespace: str, prefix: str) -> str:
+        """A SCAN MATCH pattern for the namespace's values starting with `prefix`."""
+        return self.value_prefix(namespace, prefix).translate(_GLOB_SPECIALS) + "*"

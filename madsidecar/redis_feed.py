@@ -1,0 +1,151 @@
+"""A dedicated Redis connection that receives pushes: key invalidations and pub/sub.
+
+Client-side-caching invalidations use `CLIENT TRACKING ON REDIRECT <own id> BCAST PREFIX
+...` on this very connection, then `SUBSCRIBE __redis__:invalidate`: tracking and its
+redirect target live and die together, so the feed cannot break silently by losing a
+separate tracking connection (redis#11767). Whether pushes really arrive is for the owner
+to prove (the cache writes a probe key and waits for its invalidation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+import structlog
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from .redis_gateway import BACKOFF_FIRST_S, BACKOFF_MAX_S, RedisGateway
+
+INVALIDATE_CHANNEL: Final = b"__redis__:invalidate"
+
+log = structlog.get_logger("madsidecar.redis_feed")
+
+
+class FeedHandler(Protocol):
+    def feed_invalidated(self, keys: list[bytes] | None) -> None:
+        """Keys changed (None: everything, after FLUSHALL/FLUSHDB)."""
+
+    def feed_message(self, channel: bytes, data: bytes) -> None:
+        """A pub/sub message on a subscribed channel."""
+
+    def feed_up(self) -> None:
+        """The feed is (re)connected and subscribed; pushes may have been missed."""
+
+    def feed_down(self, reason: str) -> None:
+        """The feed broke; pushes are being missed until `feed_up`."""
+
+
+class RedisFeed:
+    def __init__(
+        self,
+        gateway: RedisGateway,
+        handler: FeedHandler,
+        tracking_prefixes: Sequence[str] = (),
+        channels: Sequence[str] = (),
+        name: str = "madsidecar-feed",
+    ) -> None:
+        self._gateway = gateway
+        self._name = name
+        self._handler = handler
+        self._prefixes = list(tracking_prefixes)
+        self._channels = list(channels)
+        self._conn: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closing_conn: asyncio.Future[None] | None = None
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="redis-feed")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait((self._task,), timeout=2.0)
+        await self._drop_connection()
+
+    def restart(self, reason: str) -> None:
+        """Drop the connection (it proved useless); the supervisor opens a new one."""
+        conn = self._conn
+        if conn is not None:
+            log.warning("redis_feed_restart", reason=reason)
+            # The pump's read then fails and the supervisor opens a new connection.
+            self._closing_conn = asyncio.ensure_future(conn.disconnect(nowait=True))
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                conn = await self._gateway.open_connection()
+                self._conn = conn
+                await self._subscribe(conn)
+            except (RedisError, OSError, TimeoutError) as exc:
+                await self._drop_connection()
+                failures += 1
+                if failures == 1:
+                    self._handler.feed_down(f"cannot open the feed: {exc}")
+                delay = min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            failures = 0
+            self.reconnects += 1
+            self._handler.feed_up()
+            reason = await self._pump(conn)
+            await self._drop_connection()
+            if not self._closing:
+                self._handler.feed_down(reason)
+                failures = 1
+
+    async def _subscribe(self, conn: AbstractConnection) -> None:
+        async with asyncio.timeout(self._gateway.timeout_s):
+            await conn.send_command("CLIENT", "SETNAME", self._name)
+            await conn.read_response()
+            await conn.send_command("CLIENT", "ID")
+            own_id = await conn.read_response()
+            if self._prefixes:
+                prefixes = [word for p in self._prefixes for word in ("PREFIX", p)]
+                await conn.send_command(
+                    "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", *prefixes
+                )
+                await conn.read_response()
+            channels = [INVALIDATE_CHANNEL.decode(), *self._channels]
+            await conn.send_command("SUBSCRIBE", *channels)
+            for _ in channels:
+                await conn.read_response()
+
+    async def _pump(self, conn: AbstractConnection) -> str:
+        """Deliver pushes until the connection breaks; returns why it broke."""
+        while True:
+            try:
+                message: Any = await conn.read_response(timeout=math.inf)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return f"feed connection lost: {exc}" if str(exc) else "feed connection lost"
+            if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
+                continue  # subscribe confirmations, pongs
+            channel, data = message[1], message[2]
+            try:
+                if channel == INVALIDATE_CHANNEL:
+                    self._handler.feed_invalidated(data)
+                else:
+                    self._handler.feed_message(channel, data)
+            except Exception:
+                log.exception("feed_handler_failed", channel=channel)
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
