@@ -93,6 +93,7 @@ class Cache(CapabilityBase):
         self._probe_seen = asyncio.Event()
         self._probe_now = asyncio.Event()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._lease_waiters = 0
         self._leases: dict[int, dict[str, str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,6 +172,7 @@ class Cache(CapabilityBase):
                 "invalidations": s.invalidations,
                 "flushes": s.flushes,
                 "leases_granted": s.leases_granted,
+                "lease_waiters": self._lease_waiters,
                 "fills": s.fills,
                 "stale_served": s.stale_served,
                 "feed_live": self._feed_live,
@@ -298,10 +300,11 @@ class Cache(CapabilityBase):
     async def invalidate(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         namespace, prefix = client.namespace, args["prefix"]
         deleted = 0
-        async for keys in self._scan(self._keys.value_pattern(namespace, prefix)):
-            leases = [self._keys.lease_for_value(key) for key in keys]
-            deleted += int(await self._gateway.execute("UNLINK", *keys))
+        # Leases first: a lease on a key with no value yet must be voided too.
+        async for leases in self._scan(self._keys.lease_pattern(namespace, prefix)):
             await self._gateway.execute("UNLINK", *leases)
+        async for keys in self._scan(self._keys.value_pattern(namespace, prefix)):
+            deleted += int(await self._gateway.execute("UNLINK", *keys))
             for key in keys:
                 self._drop_local(key)
         # Keys that expired from L2 but sit in some node's L1 get no invalidation of
@@ -411,12 +414,14 @@ class Cache(CapabilityBase):
         return {"ok": True}
 
     def _wait_on(self, keys: tuple[str, ...]) -> asyncio.Future[None]:
+        self._lease_waiters += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in keys:
             self._waiters.setdefault(key, set()).add(future)
         return future
 
     def _stop_waiting(self, keys: tuple[str, ...], future: asyncio.Future[None]) -> None:
+        self._lease_waiters -= 1
         for key in keys:
             waiting = self._waiters.get(key)
             if waiting is not None:
@@ -513,8 +518,8 @@ class Cache(CapabilityBase):
         self._feed_live = live
         self._guard.invalidated_all()
         if live:
-            # Invalidations may have been missed while the feed was unproven.
-            if self._l1.entries:
+            if self._was_live:
+                # Invalidations may have been missed while the feed was broken.
                 self._flush("invalidation feed proven live again")
             self._feed_live_event.set()
             if self._config.cache_warm and self._was_live:

@@ -39,3 +39,8 @@ class CacheKeys:
     def value_pattern(self, namespace: str, prefix: str) -> str:
         """A SCAN MATCH pattern for the namespace's values starting with `prefix`."""
         return self.value_prefix(namespace, prefix).translate(_GLOB_SPECIALS) + "*"
+
+    def lease_pattern(self, namespace: str, prefix: str) -> str:
+        """A SCAN MATCH pattern for the namespace's leases on keys starting with `prefix`."""
+        lease_prefix = self.lease_root + self.scope(namespace) + prefix
+        return lease_prefix.translate(_GLOB_SPECIALS) + "*"
