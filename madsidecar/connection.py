@@ -18,6 +18,7 @@ import structlog
 from .config import PolicyRule
 from .errors import ErrorCode, Forbidden, ShuttingDown, SidecarError, UnknownMethod, error_map
 from .methods import Method
+from .ordering import RequestOrder
 from .peer import UNKNOWN_PEER, PeerCredentials, read_peer_credentials, rule_for
 from .protocol import (
     HEADER_SIZE,
@@ -45,7 +46,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._key_tails: dict[tuple[str, Any], asyncio.Task[None]] = {}
+        self._order = RequestOrder()
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._reading_paused = False
@@ -171,11 +172,7 @@ class ClientConnection(asyncio.Protocol):
         except SidecarError as exc:
             self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
             return
-        if method.is_async or (
-            method.ordered_by is not None
-            and self._key_tails
-            and (method.group, args[method.ordered_by]) in self._key_tails
-        ):
+        if method.is_async or self._order.must_wait(method, args):
             # Async work, or an inline handler that must queue behind its key.
             self._start_task(method, request.msgid, args)
             return
@@ -208,29 +205,23 @@ class ClientConnection(asyncio.Protocol):
         args: dict[str, Any],
         started: CoroutineType[Any, Any, Any] | None = None,
     ) -> None:
-        previous: asyncio.Task[None] | None = None
-        key: tuple[str, Any] | None = None
-        if method.ordered_by is not None:
-            key = (method.group, args[method.ordered_by])
-            previous = self._key_tails.get(key)
-        task = self._loop.create_task(self._run(method, msgid, args, previous, key, started))
+        waits = self._order.predecessors(method, args, self._tasks)
+        task = self._loop.create_task(self._run(method, msgid, args, waits, started))
         self._tasks.add(task)
-        if key is not None:
-            self._key_tails[key] = task
+        self._order.register(method, args, task)
 
     async def _run(
         self,
         method: Method,
         msgid: int,
         args: dict[str, Any],
-        previous: asyncio.Task[None] | None,
-        key: tuple[str, Any] | None,
+        waits: list[asyncio.Task[None]],
         started: CoroutineType[Any, Any, Any] | None,
     ) -> None:
         reply: bytes | None = None
         try:
-            if previous is not None and not previous.done():
-                await asyncio.wait((previous,))
+            if waits:
+                await asyncio.wait(waits)
             result = started if started is not None else method.handler(self, args)
             if type(result) is CoroutineType:
                 result = await result
@@ -247,8 +238,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             task = asyncio.current_task()
             self._tasks.discard(task)
-            if key is not None and self._key_tails.get(key) is task:
-                del self._key_tails[key]
+            self._order.release(method, args, task)  # type: ignore[arg-type]
         if reply is not None:
             self._send(reply)
         if self._reading_paused and not self._writing_paused:

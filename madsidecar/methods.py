@@ -127,13 +127,16 @@ class Arg:
 
 @dataclass(frozen=True)
 class Method:
-    """One callable method. `ordered_by` names the argument that identifies the key:
-    requests of one connection on the same key take effect in arrival order."""
+    """One callable method. `ordered_by` names the argument holding the key (or list of
+    keys): requests of one connection on the same key take effect in arrival order. A
+    `barrier` method (a prefix invalidation) waits for everything of the connection that
+    is running and holds back everything of its group that follows."""
 
     name: str
     handler: Handler
     args: Sequence[Arg] = ()
     ordered_by: str | None = None
+    barrier: bool = False
     group: str = ""
     is_async: bool = field(init=False)
     _by_name: Mapping[str, Arg] = field(init=False, repr=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import threading
@@ -338,6 +339,29 @@ def test_pipelined_set_then_get_on_one_connection_reads_the_write(
     assert results[1]["value"] == "new"
 
 
+def test_pipelined_writes_order_list_and_prefix_reads_on_one_connection(
+    nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    a, _ = nodes
+    with a.client() as client:
+        for key in ("d", "m", "i:1"):
+            client.call("cache.set", {"key": key, "value": "old"})
+            warm_l1(client, key)
+        results = client.pipeline(
+            [
+                ("cache.delete", {"keys": ["x", "d"]}),
+                ("cache.get", {"key": "d"}),
+                ("cache.set", {"key": "m", "value": "new"}),
+                ("cache.mget", {"keys": ["m", "d"]}),
+                ("cache.invalidate", {"prefix": "i:"}),
+                ("cache.get", {"key": "i:1"}),
+            ]
+        )
+    assert results[1] is None, "get after delete of the same key"
+    assert [r and r["value"] for r in results[3]] == ["new", None], "mget after set"
+    assert results[5] is None, "get after invalidate of its prefix"
+
+
 # -- fetch / fill ------------------------------------------------------------------------
 
 
@@ -455,6 +479,63 @@ def test_refresh_ahead_hands_out_one_lease_while_serving_the_value(
         refresher.call("cache.fill", {"key": "r", "lease": lease, "value": "refreshed"})
         eventually(ca, "r", "refreshed")
         eventually(cb, "r", "refreshed")
+
+
+def test_fetch_ttl_applies_to_the_fill(nodes: tuple[SidecarProcess, SidecarProcess]) -> None:
+    a, _ = nodes
+    with a.client() as client:
+        lease = client.call("cache.fetch", {"key": "ttl", "ttl_ms": 5_000})["lease"]
+        client.call("cache.fill", {"key": "ttl", "lease": lease, "value": 1})
+        entry = cache_get(client, "ttl")
+    assert entry is not None and 4_000 <= entry["ttl_ms"] <= 5_000
+
+
+async def test_fill_is_not_stuck_behind_its_own_connections_waiting_fetches(
+    nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    from madsidecar_client import Client
+
+    a, _ = nodes
+    async with Client(a.socket_path) as client:
+        fetches = [
+            asyncio.ensure_future(client.call("cache.fetch", {"key": "same", "wait_ms": 10_000}))
+            for _ in range(4)
+        ]
+        done, _pending = await asyncio.wait(fetches, return_when=asyncio.FIRST_COMPLETED)
+        lease = next(iter(done)).result()["lease"]
+        started = time.monotonic()
+        await client.call("cache.fill", {"key": "same", "lease": lease, "value": "v"})
+        results = await asyncio.gather(*fetches)
+        assert time.monotonic() - started < 5, "the fill did not wait for the waiters"
+    assert sum("lease" in r for r in results) == 1
+    assert all(r.get("value") == "v" for r in results if "lease" not in r)
+
+
+def test_an_expired_lease_promotes_a_waiter(nodes: tuple[SidecarProcess, SidecarProcess]) -> None:
+    a, b = nodes
+    with a.client() as holder, b.client() as waiter:
+        assert "lease" in holder.call("cache.fetch", {"key": "exp", "lease_ms": 300})
+        started = time.monotonic()
+        result = waiter.call("cache.fetch", {"key": "exp", "wait_ms": 5_000})
+        took = time.monotonic() - started
+    assert "lease" in result
+    assert 0.2 < took < 3, took
+
+
+def test_a_foreign_value_under_the_prefix_is_a_miss(
+    nodes: tuple[SidecarProcess, SidecarProcess], redis_server: RedisProcess
+) -> None:
+    import redis
+
+    a, _ = nodes
+    direct = redis.Redis(unix_socket_path=redis_server.socket_path)
+    direct.set("msc:c:7:default:junk", b"\xc1 not msgpack")
+    direct.close()
+    with a.client() as client:
+        assert cache_get(client, "junk") is None
+        assert client.stats()["cache"]["undecodable"] == 1
+        assert client.call("cache.warm", {"prefix": "j"}) == {"loaded": 0}
+    assert a.log().count("cache_value_not_msgpack") == 1
 
 
 # -- Redis down --------------------------------------------------------------------------

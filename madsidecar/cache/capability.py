@@ -40,8 +40,18 @@ LEASE_POLL_MAX_S: Final = 0.5
 _FETCH_HIT, _FETCH_LEASE, _FETCH_HIT_AND_LEASE, _FETCH_WAIT = 0, 1, 2, 3
 
 
+class _Undecodable:
+    """A value under our prefix that is not MessagePack (another program wrote it)."""
+
+
+UNDECODABLE: Final = _Undecodable()
+
+
 def _decode(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False)
+    try:
+        return msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False)
+    except Exception:
+        return UNDECODABLE
 
 
 def _encode(value: Any) -> bytes:
@@ -62,12 +72,13 @@ class CacheStats:
         "leases_granted",
         "misses",
         "stale_served",
+        "undecodable",
     )
 
     def __init__(self) -> None:
         self.l1_hits = self.l2_hits = self.misses = 0
         self.invalidations = self.flushes = self.leases_granted = 0
-        self.fills = self.stale_served = 0
+        self.fills = self.stale_served = self.undecodable = 0
 
 
 class Cache(CapabilityBase):
@@ -94,7 +105,8 @@ class Cache(CapabilityBase):
         self._probe_now = asyncio.Event()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._lease_waiters = 0
-        self._leases: dict[int, dict[str, str]] = {}
+        # conn_id -> lease key -> (token, ttl_ms the fetch asked for)
+        self._leases: dict[int, dict[str, tuple[str, int | None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = CacheStats()
@@ -109,15 +121,15 @@ class Cache(CapabilityBase):
         ttl = Arg("ttl_ms", "int", None, minimum=1, maximum=2**47)
         return (
             Method("cache.get", self.get, (Arg("key", "name"),), ordered_by="key"),
-            Method("cache.mget", self.mget, (Arg("keys", "names"),)),
+            Method("cache.mget", self.mget, (Arg("keys", "names"),), ordered_by="keys"),
             Method(
                 "cache.set",
                 self.set,
                 (Arg("key", "name"), Arg("value", "any"), ttl),
                 ordered_by="key",
             ),
-            Method("cache.delete", self.delete, (Arg("keys", "names"),)),
-            Method("cache.invalidate", self.invalidate, (Arg("prefix", "str"),)),
+            Method("cache.delete", self.delete, (Arg("keys", "names"),), ordered_by="keys"),
+            Method("cache.invalidate", self.invalidate, (Arg("prefix", "str"),), barrier=True),
             Method(
                 "cache.fetch",
                 self.fetch,
@@ -130,11 +142,12 @@ class Cache(CapabilityBase):
                 ),
                 ordered_by="key",
             ),
+            # Not ordered by key: a fill must never queue behind fetches of the same key
+            # on its own connection that are waiting for this very fill.
             Method(
                 "cache.fill",
                 self.fill,
                 (Arg("key", "name"), Arg("lease", "str"), Arg("value", "any"), ttl),
-                ordered_by="key",
             ),
             Method("cache.warm", self.warm_method, (Arg("prefix", "str"),)),
         )  # fmt: skip
@@ -158,6 +171,12 @@ class Cache(CapabilityBase):
                 await self._warm_targets(self._config.cache_warm)
         except TimeoutError:
             log.warning("cache_not_warm_at_start", timeout_ms=int(timeout_s * 1000))
+            if self._config.cache_warm:
+                self._in_background(self._warm_when_live())
+
+    async def _warm_when_live(self) -> None:
+        await self._feed_live_event.wait()
+        await self._warm_targets(self._config.cache_warm)
 
     def stats(self) -> dict[str, Any]:
         s = self._stats
@@ -175,13 +194,14 @@ class Cache(CapabilityBase):
                 "lease_waiters": self._lease_waiters,
                 "fills": s.fills,
                 "stale_served": s.stale_served,
+                "undecodable": s.undecodable,
                 "feed_live": self._feed_live,
             }
         }
 
     def connection_closed(self, client: Client) -> None:
         leases = self._leases.pop(client.conn_id, None)
-        for lease_key, token in (leases or {}).items():
+        for lease_key, (token, _) in (leases or {}).items():
             self._in_background(
                 self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
             )
@@ -214,7 +234,9 @@ class Cache(CapabilityBase):
             results[i] = entry
         return results
 
-    def _l1_hit(self, key: str) -> dict[str, Any] | None:
+    def _l1_hit(self, key: str, refresh_ahead_ms: int = 0) -> dict[str, Any] | None:
+        """The L1 answer, if L1 may give one (and, with refresh-ahead, if the entry has
+        more than that much TTL left)."""
         if not self._feed_live:
             return None
         entry = self._l1.get(key)
@@ -223,16 +245,24 @@ class Cache(CapabilityBase):
         now = time.monotonic()
         if now >= entry.fresh_until:
             return None
+        ttl_ms = _remaining_ms(entry, now)
+        if refresh_ahead_ms and ttl_ms is not None and ttl_ms < refresh_ahead_ms:
+            return None
         self._stats.l1_hits += 1
-        return {"value": entry.value, "source": "l1", "ttl_ms": _remaining_ms(entry, now)}
+        return {"value": entry.value, "source": "l1", "ttl_ms": ttl_ms}
 
     async def _read_l2(self, key: str) -> dict[str, Any] | None:
         generation = self._guard.begin(key)
         fresh = False
+        get = self._gateway.execute("GET", key)
+        pttl = self._gateway.execute("PTTL", key)
         try:
-            get = self._gateway.execute("GET", key)
-            pttl = self._gateway.execute("PTTL", key)
-            raw, ttl_ms = await get, await pttl
+            try:
+                raw = await get
+            finally:
+                ttl_ms = await _settled(pttl)
+            if isinstance(ttl_ms, BaseException):
+                raise ttl_ms
             fresh = True
         except Unavailable:
             fallback = self._stale_fallback(key)
@@ -245,14 +275,24 @@ class Cache(CapabilityBase):
             self._stats.misses += 1
             return None
         value = _decode(raw)
+        if value is UNDECODABLE:
+            self._note_undecodable(key)
+            self._stats.misses += 1
+            return None
         self._stats.l2_hits += 1
         if fresh and self._feed_live:
             self._remember(key, value, len(raw), ttl_ms)
         return {"value": value, "source": "l2", "ttl_ms": None if ttl_ms < 0 else ttl_ms}
 
+    def _note_undecodable(self, key: str) -> None:
+        self._stats.undecodable += 1
+        if self._stats.undecodable == 1:
+            log.warning("cache_value_not_msgpack", key=key, hint="written by another program?")
+
     def _stale_fallback(self, key: str) -> dict[str, Any] | None:
         """Redis is down: an L1 entry is the best answer there is, marked if past its
-        L1 freshness."""
+        L1 freshness (while Redis is down nobody can change L2, so an entry within its
+        freshness is as current as any answer can be)."""
         entry = self._l1.get(key)
         if entry is None:
             return None
@@ -260,7 +300,7 @@ class Cache(CapabilityBase):
         if now - entry.stored_at > self._config.cache_stale_max_ms / 1000:
             return None
         result = {"value": entry.value, "source": "l1", "ttl_ms": _remaining_ms(entry, now)}
-        if now >= entry.fresh_until or not self._feed_live:
+        if now >= entry.fresh_until:
             result["stale"] = True
             self._stats.stale_served += 1
         return result
@@ -332,10 +372,8 @@ class Cache(CapabilityBase):
 
     def fetch(self, client: Client, args: dict[str, Any]) -> Any:
         key = self._keys.value(client.namespace, args["key"])
-        hit = self._l1_hit(key)
-        if hit is not None and (
-            not args["refresh_ahead_ms"] or (hit["ttl_ms"] or 0) >= args["refresh_ahead_ms"]
-        ):
+        hit = self._l1_hit(key, args["refresh_ahead_ms"])
+        if hit is not None:
             return hit
         return self._fetch(client, key, args)
 
@@ -357,15 +395,24 @@ class Cache(CapabilityBase):
                 finally:
                     fresh = self._guard.end(key, generation)
                 if status == _FETCH_LEASE:
-                    return self._grant(client, lease_key, token, {"lease": token})
+                    return self._grant(client, lease_key, token, args["ttl_ms"], {"lease": token})
                 if status in (_FETCH_HIT, _FETCH_HIT_AND_LEASE):
                     value = _decode(raw)
+                    if value is UNDECODABLE:
+                        self._note_undecodable(key)
+                        raise BadRequest(
+                            f"cache.fetch: the value of {args['key']!r} in Redis is not "
+                            "MessagePack (written by another program?)",
+                            argument="key",
+                        )
                     self._stats.l2_hits += 1
                     if fresh and self._feed_live:
                         self._remember(key, value, len(raw), pttl)
                     result = {"value": value, "source": "l2", "ttl_ms": None if pttl < 0 else pttl}
                     if status == _FETCH_HIT_AND_LEASE:
-                        result = self._grant(client, lease_key, token, {**result, "lease": token})
+                        result = self._grant(
+                            client, lease_key, token, args["ttl_ms"], {**result, "lease": token}
+                        )
                     return result
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -381,7 +428,12 @@ class Cache(CapabilityBase):
                 self._stop_waiting((key, lease_key), woken)
 
     def _grant(
-        self, client: Client, lease_key: str, token: str, result: dict[str, Any]
+        self,
+        client: Client,
+        lease_key: str,
+        token: str,
+        ttl_ms: int | None,
+        result: dict[str, Any],
     ) -> dict[str, Any]:
         self._stats.leases_granted += 1
         if client.closed:
@@ -389,20 +441,20 @@ class Cache(CapabilityBase):
                 self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
             )
         else:
-            self._leases.setdefault(client.conn_id, {})[lease_key] = token
+            self._leases.setdefault(client.conn_id, {})[lease_key] = (token, ttl_ms)
         return result
 
     async def fill(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         encoded = _encode(args["value"])
         key = self._keys.value(client.namespace, args["key"])
         lease_key = self._keys.lease_for_value(key)
+        owned = self._leases.get(client.conn_id, {})
+        token, fetch_ttl_ms = owned.get(lease_key, (None, None))
+        ttl_ms = args["ttl_ms"] if args["ttl_ms"] is not None else fetch_ttl_ms
         landed = await self._scripts["fill"].run(
-            self._gateway,
-            [key, lease_key],
-            [args["lease"], encoded, self._jittered(args["ttl_ms"])],
+            self._gateway, [key, lease_key], [args["lease"], encoded, self._jittered(ttl_ms)]
         )
-        owned = self._leases.get(client.conn_id)
-        if owned is not None and owned.get(lease_key) == args["lease"]:
+        if token == args["lease"]:
             del owned[lease_key]
         if not landed:
             raise NotHeld(
@@ -491,8 +543,9 @@ class Cache(CapabilityBase):
             return
         for raw in keys:
             key = raw.decode("utf-8", "surrogateescape")
-            if key == self._keys.probe:
-                self._probe_seen.set()
+            if key.startswith(self._keys.probe_root):
+                if key == self._keys.probe:
+                    self._probe_seen.set()
                 continue
             self._stats.invalidations += 1
             self._l1.pop(key)
@@ -570,7 +623,22 @@ class Cache(CapabilityBase):
     def _in_background(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cache_background_work_failed", reason=str(task.exception()))
+
+
+async def _settled(future: Any) -> Any:
+    """The future's result, or its exception as a value (so it is never left unread)."""
+    try:
+        return await future
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return exc
 
 
 def _remaining_ms(entry: L1Entry, now: float) -> int | None:

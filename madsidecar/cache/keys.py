@@ -17,7 +17,8 @@ class CacheKeys:
         self.value_root = f"{key_prefix}c:"
         self.lease_root = f"{key_prefix}cl:"
         # Starts with "_", which no namespace length does: it can never be a user key.
-        self.probe = f"{self.value_root}_probe:{node_id}"
+        self.probe_root = f"{self.value_root}_probe:"
+        self.probe = self.probe_root + node_id
         self.channel = f"{key_prefix}cache:invalidate"
 
     @staticmethod
