@@ -1,4 +1,4 @@
-"""madsidecar benchmarks: `./dev bench` (about 90 s) or `./dev bench --quick` (about 20 s).
+"""madsidecar benchmarks: `./dev bench` (about 2.5 min) or `./dev bench --quick` (about 30 s).
 
 See docs/performance.md for what each figure means and the targets they are held to.
 """

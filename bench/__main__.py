@@ -3,8 +3,11 @@ measure them in one run, stop them, print a table with ratios, write bench/resul
 
 The ceiling is a bare uvloop MessagePack-RPC echo server driven by a minimal raw-socket
 client; the sidecar is measured through the same raw client (the daemon's own cost) and
-through the Python SDK (what a service sees). Rounds are interleaved, so slow drift of a
-noisy machine lands on every row alike and the ratios stay comparable.
+through the Python SDK (what a service sees). The cache is measured against redis-py
+straight to the same Redis: L1 hits on the sidecar itself, L2 reads on a second sidecar
+whose L1 is off, and L1's memory on a third, fresh one loaded with 100,000 entries.
+Rounds are interleaved, so slow drift of a noisy machine lands on every row alike and the
+ratios stay comparable.
 """
 
 from __future__ import annotations
@@ -39,6 +42,45 @@ IDLE_WAIT_S = 1.5
 TARGET_PING_P50_RATIO = 1.5  # at most
 TARGET_PIPELINE_RATIO = 0.5  # at least
 TARGET_IDLE_RSS_MIB = 60.0  # at most
+# The cache: L1 hits against redis-py GET, L1 hits pipelined against the echo server's
+# pipelined ping, L2 reads from 64 tasks against redis-py GET from 64 tasks, and a
+# sidecar's RSS with 100,000 entries of 100 bytes in L1.
+TARGET_L1_BLOCKING_P50_RATIO = 0.5  # at most
+TARGET_L1_AIO_P50_RATIO = 0.8  # at most
+TARGET_L1_PIPELINE_RATIO = 0.4  # at least
+TARGET_L2_TASKS_RATIO = 2.0  # at least
+TARGET_L1_LOADED_RSS_MIB = round(150e6 / MIB, 1)  # at most: 150 MB
+CACHE_LOAD_BATCH = 1000
+DEFAULT_L1_MAX_ENTRIES = 100_000  # the sidecar's default l1_max_entries
+
+# The second sidecar (L2 reads) is another node of the same fleet, with its L1 off. The
+# third (memory) uses its own key prefix, so the other two get no invalidations for the
+# 100,000 keys it writes.
+L1_OFF_SETTINGS: dict[str, object] = {"l1_max_entries": 0, "node_id": "bench-l1-off"}
+L1_MEMORY_SETTINGS: dict[str, object] = {"key_prefix": "mscmem:", "node_id": "bench-l1-memory"}
+
+# Ratio targets, checked in every placement measured: (label, row, baseline row, figure,
+# op, target); rows are keyed `<row>@<placement>`.
+RATIO_TARGETS = (
+    ("ping p50 / echo p50, BlockingClient", "sdk_blocking_seq", "echo_seq", "p50_us", "<=",
+     TARGET_PING_P50_RATIO),
+    ("ping p50 / echo p50, Client", "sdk_aio_seq", "echo_seq", "p50_us", "<=",
+     TARGET_PING_P50_RATIO),
+    ("pipelined / echo pipelined, BlockingClient", "sdk_blocking_pipe", "echo_pipe",
+     "msgs_per_s", ">=", TARGET_PIPELINE_RATIO),
+    ("pipelined / echo pipelined, Client", "sdk_aio_pipe", "echo_pipe", "msgs_per_s", ">=",
+     TARGET_PIPELINE_RATIO),
+    ("cache.get L1 p50 / redis-py GET p50, BlockingClient", "sdk_blocking_l1_seq",
+     "redis_get_seq", "p50_us", "<=", TARGET_L1_BLOCKING_P50_RATIO),
+    ("cache.get L1 p50 / redis-py GET p50, Client", "sdk_aio_l1_seq", "redis_get_seq",
+     "p50_us", "<=", TARGET_L1_AIO_P50_RATIO),
+    ("cache.get L1 pipelined / echo pipelined, BlockingClient", "sdk_blocking_l1_pipe",
+     "echo_pipe", "msgs_per_s", ">=", TARGET_L1_PIPELINE_RATIO),
+    ("cache.get L1 pipelined / echo pipelined, Client", "sdk_aio_l1_pipe", "echo_pipe",
+     "msgs_per_s", ">=", TARGET_L1_PIPELINE_RATIO),
+    ("cache.get L2 tasks / redis-py GET tasks, Client", "sdk_l2_tasks", "redis_get_tasks",
+     "msgs_per_s", ">=", TARGET_L2_TASKS_RATIO),
+)  # fmt: skip
 
 PLACEMENTS = {
     "split": "client on one CPU, servers on the other",
@@ -67,6 +109,7 @@ class Spec:
     run: Callable[[float, float], Any]  # (warmup_s, duration_s)
     baseline: str | None = None
     baseline_name: str = ""
+    meter: str | None = None  # whose CPU the table shows, when not `server`'s
 
 
 @dataclass
@@ -197,6 +240,43 @@ def redis_specs(placement: str, sidecar: Sidecar, redis: Redis, tasks: int) -> l
     ]  # fmt: skip
 
 
+def cache_specs(placement: str, sidecar: Sidecar, redis: Redis, depth: int) -> list[Spec]:
+    """L1 hits through the SDK against redis-py GET (latency) and the ceiling (pipelined)."""
+    w = workloads
+    p = functools.partial
+    get_seq, echo_pipe = f"redis_get_seq@{placement}", f"echo_pipe@{placement}"
+    seq = "cache.get L1, sequential"
+    pipe = f"cache.get L1, pipelined {depth}"
+    side = sidecar.socket_path
+    return [
+        Spec(get_seq, placement, "redis", "redis-py asyncio", "GET 100 B, sequential",
+             "latency", p(w.redis_get_latency, redis.socket_path)),
+        Spec(f"sdk_blocking_l1_seq@{placement}", placement, "sidecar", "BlockingClient", seq,
+             "latency", p(w.blocking_l1_latency, side), get_seq, "redis-py"),
+        Spec(f"sdk_aio_l1_seq@{placement}", placement, "sidecar", "Client (uvloop)", seq,
+             "latency", p(w.aio_l1_latency, side), get_seq, "redis-py"),
+        Spec(f"sdk_blocking_l1_pipe@{placement}", placement, "sidecar", "BlockingClient", pipe,
+             "rate", p(w.blocking_l1_pipeline, side, depth), echo_pipe, "echo"),
+        Spec(f"sdk_aio_l1_pipe@{placement}", placement, "sidecar", "Client (uvloop)", pipe,
+             "rate", p(w.aio_l1_pipeline, side, depth), echo_pipe, "echo"),
+    ]  # fmt: skip
+
+
+def l2_specs(placement: str, l1_off: Sidecar, redis: Redis, tasks: int) -> list[Spec]:
+    """L2 reads (a sidecar with L1 off) from many tasks against redis-py GET from as many."""
+    w = workloads
+    p = functools.partial
+    many = f"redis_get_tasks@{placement}"
+    return [
+        Spec(many, placement, "redis", "redis-py asyncio", f"GET 100 B, {tasks} tasks", "rate",
+             p(w.redis_get_concurrent, redis.socket_path, tasks)),
+        Spec(f"sdk_l2_tasks@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"cache.get L2, {tasks} tasks", "rate",
+             p(w.aio_l2_concurrent, l1_off.socket_path, tasks), many, "redis-py",
+             meter="sidecar_l1_off"),
+    ]  # fmt: skip
+
+
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -206,29 +286,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the sidecar against a bare uvloop echo server, in one run.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="one short round of everything (about 20 s, for CI)"
+        "--quick", action="store_true", help="one short round of everything (about 30 s, for CI)"
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument(
-        "--duration", type=float, help="seconds measured per workload per round (1.2, quick 0.6)"
+        "--duration", type=float, help="seconds measured per workload per round (1.2, quick 0.5)"
     )
     parser.add_argument(
         "--warmup", type=float, help="seconds of warm-up per workload per round (0.25, quick 0.15)"
     )
     parser.add_argument("--depth", type=int, default=64, help="pipeline depth (default 64)")
     parser.add_argument(
-        "--tasks", type=int, default=64, help="concurrent asyncio tasks for health (default 64)"
+        "--tasks",
+        type=int,
+        default=64,
+        help="concurrent asyncio tasks for health and L2 reads (default 64)",
+    )
+    parser.add_argument(
+        "--cache-entries",
+        type=int,
+        default=100_000,
+        help="entries loaded into a fresh sidecar's L1 for its RSS (default 100000; 0: skip)",
     )
     parser.add_argument(
         "--placement",
         choices=("both", "split", "shared", "free"),
         default="both",
-        help="CPU placement of the ping rows: split (client on one CPU, servers on another), "
-        "shared (all on one CPU), both (the default), or free (no pinning); the Redis rows "
-        "always run in the first placement measured",
+        help="CPU placement of the ping and cache rows: split (client on one CPU, servers on "
+        "another), shared (all on one CPU), both (the default), or free (no pinning); the "
+        "health rows always run in the first placement measured",
     )
     parser.add_argument(
-        "--only", metavar="SUBSTR", help="run only workloads whose key contains SUBSTR"
+        "--only",
+        metavar="SUBSTR",
+        help="run only the rows whose key contains SUBSTR (the memory load's is l1_memory)",
     )
     parser.add_argument(
         "--output",
@@ -243,11 +334,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.duration is None:
-        args.duration = 0.6 if args.quick else 1.2
+        args.duration = 0.5 if args.quick else 1.2
     if args.warmup is None:
         args.warmup = 0.15 if args.quick else 0.25
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.depth < 1:
         parser.error("--rounds, --duration and --depth must be positive, --warmup not negative")
+    if args.tasks < 1 or args.cache_entries < 0:
+        parser.error("--tasks must be positive, --cache-entries not negative")
     return args
 
 
@@ -346,8 +439,10 @@ def environment() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    redis, echo, sidecar = Redis(), EchoServer(), Sidecar("")
-    servers: list[Process] = [redis, echo, sidecar]
+    redis, echo = Redis(), EchoServer()
+    sidecar, l1_off = Sidecar(""), Sidecar("", L1_OFF_SETTINGS)
+    sidecars = {"sidecar": sidecar, "sidecar_l1_off": l1_off}
+    servers: list[Process] = [redis, echo, sidecar, l1_off]
     plans = plan_placements(args.placement)
     env = environment()
     env["placements"] = {
@@ -356,16 +451,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     memory: dict[str, Any] = {}
     outcomes: dict[str, Outcome] = {}
-    exit_status: int | None = None
+    exit_statuses: dict[str, int | None] = {}
     watchdog: Watchdog | None = None
+    load_memory = args.cache_entries > 0 and (not args.only or args.only in "l1_memory")
     try:
-        progress("starting redis-server, echo server and sidecar")
+        progress("starting redis-server, echo server, sidecar and a second sidecar with L1 off")
         redis.start()
-        sidecar.redis_url = redis.url
         echo.start()
-        sidecar.start()
-        progress(f"ready: redis pid {redis.pid}, echo pid {echo.pid}, sidecar pid {sidecar.pid}")
-        workloads.METER.servers = {"echo": echo.pid, "sidecar": sidecar.pid, "redis": redis.pid}
+        for process in sidecars.values():
+            process.redis_url = redis.url
+            process.start()
+        progress(
+            f"ready: redis pid {redis.pid}, echo pid {echo.pid}, sidecar pid {sidecar.pid}, "
+            f"sidecar with L1 off pid {l1_off.pid}"
+        )
+        workloads.METER.servers = {
+            "echo": echo.pid,
+            "sidecar": sidecar.pid,
+            "redis": redis.pid,
+            "sidecar_l1_off": l1_off.pid,
+        }
         time.sleep(0.5)
         memory["sidecar_after_start"] = rss_mib(sidecar.pid)
         memory["echo_after_start"] = rss_mib(echo.pid)
@@ -376,20 +481,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         specs: list[Spec] = []
         for number, placement in enumerate(plans):
             specs += ping_specs(placement, echo, sidecar, args.depth)
+            specs += cache_specs(placement, sidecar, redis, args.depth)
             if number == 0:
                 specs += redis_specs(placement, sidecar, redis, args.tasks)
+            specs += l2_specs(placement, l1_off, redis, args.tasks)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}
         expected_s = len(specs) * args.rounds * (args.duration + args.warmup + 0.2)
-        watchdog = Watchdog(2 * expected_s + 60, servers)
+        watchdog = Watchdog(2 * expected_s + (90 if load_memory else 60), servers)
         # The first few hundred ms of traffic after a start (or an idle spell) run slower;
-        # spend them on both servers before anything is recorded.
+        # spend them on the servers before anything is recorded.
         first_client, first_servers = next(iter(plans.values()))
         for server in servers:
             pin(server.pid, first_servers)
         pin(os.getpid(), first_client)
-        for path in (echo.socket_path, sidecar.socket_path):
+        for path in (echo.socket_path, sidecar.socket_path, l1_off.socket_path):
             workloads.raw_latency(path, 0.0, 0.3)
         current: str | None = None
         for number in range(1, args.rounds + 1):
@@ -407,20 +514,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 value = spec.run(args.warmup, args.duration)
                 line = outcomes[spec.key].add(value, workloads.METER.cpu_ns)
                 label = f"{spec.server} / {spec.client} / {spec.workload}"
-                progress(f"round {number}/{args.rounds}  {label:<52} {line}")
+                progress(f"round {number}/{args.rounds}  {label:<60} {line}")
         pin(os.getpid(), None)
+        last_traffic = time.monotonic()
+        if load_memory:
+            # A fresh sidecar of its own, so the idle figures above stay idle ones; it is
+            # loaded while the first sidecar waits out IDLE_WAIT_S.
+            settings: dict[str, object] = dict(L1_MEMORY_SETTINGS)
+            if args.cache_entries > DEFAULT_L1_MAX_ENTRIES:
+                settings["l1_max_entries"] = args.cache_entries
+            memory_sidecar = Sidecar(redis.url, settings)
+            servers.append(memory_sidecar)  # the watchdog's list too
+            sidecars["sidecar_l1_memory"] = memory_sidecar
+            memory["sidecar_l1_loaded"] = load_l1_memory(memory_sidecar, args.cache_entries)
         # Idle means idle: past redis_timeout_ms (1 s by default), so no per-request timer
         # or buffer of the last workload is still alive when RSS is read.
-        time.sleep(IDLE_WAIT_S)
+        time.sleep(max(0.0, IDLE_WAIT_S - (time.monotonic() - last_traffic)))
         memory["sidecar_after_runs"] = rss_mib(sidecar.pid)
         progress(f"idle RSS after the runs: sidecar {memory['sidecar_after_runs']['rss_mib']} MiB")
     finally:
         if watchdog is not None:
             watchdog.cancel()
-        exit_status = sidecar.stop()
+        for name, process in sidecars.items():
+            exit_statuses[name] = process.stop()
         echo.stop()
         redis.stop()
-        progress(f"stopped everything (sidecar exit status {exit_status})")
+        progress(f"stopped everything (sidecar exit statuses {exit_statuses})")
     if watchdog is not None and watchdog.fired:
         raise RuntimeError("the run overran its time limit")
     env["loadavg_after"] = list(os.getloadavg())
@@ -428,8 +547,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "environment": env,
         "outcomes": outcomes,
         "memory": memory,
-        "sidecar_exit_status": exit_status,
+        "sidecar_exit_status": exit_statuses.get("sidecar"),
+        "sidecar_exit_statuses": exit_statuses,
     }
+
+
+def load_l1_memory(sidecar: Sidecar, entries: int) -> dict[str, Any]:
+    """Start `sidecar`, fill its L1 with `entries` 100-byte values, read its RSS."""
+    sidecar.start()
+    at_start = rss_mib(sidecar.pid)
+    progress(
+        f"memory: loading {entries:,} entries into a fresh sidecar's L1 (pid {sidecar.pid}, "
+        f"RSS {at_start['rss_mib']} MiB), {CACHE_LOAD_BATCH} calls per pipeline"
+    )
+    loaded = workloads.load_l1(sidecar.socket_path, entries, CACHE_LOAD_BATCH)
+    after = rss_mib(sidecar.pid)
+    grown = (after["rss_mib"] - at_start["rss_mib"]) * MIB
+    result = {
+        **after,
+        "rss_after_start_mib": at_start["rss_mib"],
+        "bytes_per_entry": round(grown / loaded["l1_entries"]) if loaded["l1_entries"] else None,
+        **loaded,
+    }
+    progress(
+        f"memory: {loaded['l1_entries']:,} entries in L1 ({loaded['set_s']} s of cache.set, "
+        f"{loaded['get_s']} s of cache.get in {loaded['get_passes']} pass(es)); "
+        f"RSS {after['rss_mib']} MiB, {result['bytes_per_entry']} bytes per entry"
+    )
+    return result
 
 
 def fmt_cpus(cpus: set[int] | None) -> str:
@@ -460,16 +605,11 @@ def evaluate(
 
     placements = list(dict.fromkeys(outcome.spec.placement for outcome in outcomes.values()))
     for placement in placements:
-        for label, suffix, field_name, op, target in (
-            ("ping p50 / echo p50", "seq", "p50_us", "<=", TARGET_PING_P50_RATIO),
-            ("pipelined / echo pipelined", "pipe", "msgs_per_s", ">=", TARGET_PIPELINE_RATIO),
-        ):
-            for name, client in (("sdk_blocking", "BlockingClient"), ("sdk_aio", "Client")):
-                check(
-                    f"{label}, {client}, {placement}",
-                    ratio(f"{name}_{suffix}@{placement}", f"echo_{suffix}@{placement}", field_name),
-                    op, target,
-                )  # fmt: skip
+        for label, key, base, field_name, op, target in RATIO_TARGETS:
+            check(
+                f"{label}, {placement}",
+                ratio(f"{key}@{placement}", f"{base}@{placement}", field_name), op, target,
+            )  # fmt: skip
     for moment in ("after_start", "after_runs"):
         sample = memory.get(f"sidecar_{moment}")
         if sample:
@@ -477,7 +617,25 @@ def evaluate(
                 f"sidecar idle RSS {moment.replace('_', ' ')}",
                 sample["rss_mib"], "<=", TARGET_IDLE_RSS_MIB, " MiB",
             )  # fmt: skip
+    loaded = memory.get("sidecar_l1_loaded")
+    if loaded:
+        check(
+            f"sidecar RSS, {loaded['l1_entries']:,} L1 entries (150 MB)",
+            loaded["rss_mib"], "<=", TARGET_L1_LOADED_RSS_MIB, " MiB",
+        )  # fmt: skip
     return checks
+
+
+def l1_floors(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per placement, the echo server's ping p50 over redis-py's GET p50: the least an L1
+    hit's ratio could be if the sidecar were as fast as the ceiling."""
+    floors = {}
+    for key, row in results.items():
+        name, _, placement = key.partition("@")
+        echo = results.get(f"echo_seq@{placement}")
+        if name == "redis_get_seq" and echo:
+            floors[placement] = round(echo["p50_us"] / row["p50_us"], 3)
+    return floors
 
 
 def render(
@@ -488,7 +646,7 @@ def render(
 ) -> str:
     lines = []
     header = (
-        f"{'cpus':<6} {'server':<7} {'client':<16} {'workload':<19} {'p50 us':>6} "
+        f"{'cpus':<6} {'server':<7} {'client':<16} {'workload':<26} {'p50 us':>6} "
         f"{'p99 us':>6} {'msgs/s':>9} {'cpu c/s':>9}  {'ratio':<14} {'spread':>6}"
     )
     lines += [header, "-" * len(header)]
@@ -510,9 +668,9 @@ def render(
             ratio = f"{value:.2f}x {spec.baseline_name}"
         spread_text = "-" if res["spread"] is None else f"{res['spread'] * 100:.0f}%"
         cpu = res["cpu_us_per_msg"]
-        cpu_text = f"{cpu.get('client', 0):.1f}/{cpu.get(spec.server, 0):.1f}"
+        cpu_text = f"{cpu.get('client', 0):.1f}/{cpu.get(spec.meter or spec.server, 0):.1f}"
         lines.append(
-            f"{spec.placement:<6} {spec.server:<7} {spec.client:<16} {spec.workload:<19} "
+            f"{spec.placement:<6} {spec.server:<7} {spec.client:<16} {spec.workload:<26} "
             f"{figures} {cpu_text:>9}  {ratio:<14} {spread_text:>6}"
         )
     lines.append("")
@@ -522,6 +680,14 @@ def render(
     )  # fmt: skip
     lines.append("cpu c/s: CPU us per message spent by the client / by the server named in the row")
     lines.append("spread: (max - min) / median of the per-round p50 or msgs/s")
+    if any(outcome.spec.key.startswith("sdk_l2_") for outcome in outcomes.values()):
+        lines.append("cache.get L2: a second sidecar with l1_max_entries = 0, on the same Redis")
+    floors = l1_floors(results)
+    if floors:
+        lines.append(
+            "L1 floor (echo ping p50 / redis-py GET p50, the best an L1 hit's ratio can be): "
+            + ", ".join(f"{placement} {value:.2f}" for placement, value in floors.items())
+        )
     lines.append("")
     for name, label in (
         ("sidecar_after_start", "sidecar RSS after start"),
@@ -533,6 +699,14 @@ def render(
             lines.append(
                 f"{label:<29} {sample['rss_mib']:6.1f} MiB (peak {sample['peak_rss_mib']} MiB)"
             )
+    loaded = memory.get("sidecar_l1_loaded")
+    if loaded:
+        lines.append(
+            f"{'sidecar RSS, L1 loaded':<29} {loaded['rss_mib']:6.1f} MiB "
+            f"(peak {loaded['peak_rss_mib']} MiB): a fresh sidecar, {loaded['l1_entries']:,} "
+            f"entries of 100 B in L1; {loaded['rss_after_start_mib']} MiB at start, "
+            f"{loaded['bytes_per_entry']} bytes per entry"
+        )
     if checks:
         lines.append("")
         lines.append("targets:")
@@ -540,7 +714,7 @@ def render(
             verdict = "met" if check["met"] else "MISSED"
             value = f"{check['value']:.2f}{check['unit']}"
             target = f"{check['op']} {check['target']}{check['unit']}"
-            lines.append(f"  {check['name']:<50} {value:>10}   target {target:<12} {verdict}")
+            lines.append(f"  {check['name']:<64} {value:>10}   target {target:<13} {verdict}")
     return "\n".join(lines)
 
 
@@ -554,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     progress(
         f"madsidecar benchmark ({mode}): {args.rounds} round(s), {args.duration} s per workload "
-        f"after {args.warmup} s warm-up, pipeline depth {args.depth}, {args.tasks} tasks"
+        f"after {args.warmup} s warm-up, pipeline depth {args.depth}, {args.tasks} tasks, "
+        f"{args.cache_entries:,} L1 entries for memory"
     )
     try:
         raw = run(args)
@@ -582,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "pipeline_depth": args.depth,
             "tasks": args.tasks,
+            "cache_entries": args.cache_entries,
             "placement": args.placement,
         },
         "environment": raw["environment"],
@@ -598,15 +774,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "memory": raw["memory"],
         "targets": checks,
+        "l1_floor": l1_floors(results),
         "sidecar_exit_status": raw["sidecar_exit_status"],
+        "sidecar_exit_statuses": raw["sidecar_exit_statuses"],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.output}")
-    status = raw["sidecar_exit_status"]
-    if status not in (0, None):
-        print(f"bench: the sidecar exited with status {status}", file=sys.stderr)
-        return 1
+    for name, status in raw["sidecar_exit_statuses"].items():
+        if status not in (0, None):
+            print(f"bench: {name} exited with status {status}", file=sys.stderr)
+            return 1
     if args.check and not all(check["met"] for check in checks):
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""The processes a benchmark run starts and stops: redis-server, the sidecar, the echo server.
+"""The processes a benchmark run starts and stops: redis-server, sidecars, the echo server.
 
 Each gets a private temp dir (AF_UNIX paths must stay short) and is awaited through
 sd_notify READY=1 on a datagram socket posing as systemd's NOTIFY_SOCKET, the way
@@ -137,20 +137,26 @@ class Redis(Process):
 
 
 class Sidecar(Process):
-    """`python -m madsidecar run` against the given Redis, with its default settings."""
+    """`python -m madsidecar run` against the given Redis: its default settings, plus
+    `settings` as command-line flags (`{"l1_max_entries": 0}` -> `--l1-max-entries 0`)."""
 
     name = "sidecar"
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, settings: dict[str, object] | None = None) -> None:
         super().__init__()
         self.socket_path = os.path.join(self.dir, "madsidecar.sock")
         self.redis_url = redis_url
+        self.settings = dict(settings or {})
 
     def command(self) -> list[str]:
+        flags = []
+        for name, value in self.settings.items():
+            flags += ["--" + name.replace("_", "-"), str(value)]
         return [
             sys.executable, "-m", "madsidecar", "run",
             "--socket", self.socket_path,
             "--redis-url", self.redis_url,
+            *flags,
         ]  # fmt: skip
 
 

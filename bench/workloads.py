@@ -13,7 +13,7 @@ import functools
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -21,6 +21,15 @@ import uvloop
 
 HEADER = struct.Struct(">I")
 NS = 1_000_000_000
+
+# The cache rows read 100-byte values. The cache keys are names in the SDK's default
+# namespace; REDIS_GET_KEY is redis-py's own key, outside the sidecar's prefix.
+CACHE_VALUE = bytes(i % 251 for i in range(100))
+L1_KEY = "bench:l1"
+L2_KEY = "bench:l2:{}"
+MEMORY_KEY = "bench:mem:{:07d}"
+REDIS_GET_KEY = "bench:get:{}"
+L1_READY_TIMEOUT_S = 5.0
 
 
 class BenchError(RuntimeError):
@@ -154,18 +163,19 @@ async def arate_loop(
 
 
 async def aconcurrent_rate(
-    call: Callable[[], Awaitable[object]], tasks: int, warmup_s: float, duration_s: float
+    calls: Sequence[Callable[[], Awaitable[object]]], warmup_s: float, duration_s: float
 ) -> tuple[int, int]:
-    """`tasks` coroutines each awaiting `call` in a loop; completions inside the window."""
+    """One coroutine per entry of `calls`, each awaiting its call in a loop; the calls
+    completed inside the measured window."""
     state = {"stop": False, "counting": False, "count": 0}
 
-    async def worker() -> None:
+    async def worker(call: Callable[[], Awaitable[object]]) -> None:
         while not state["stop"]:
             await call()
             if state["counting"]:
                 state["count"] += 1
 
-    workers = [asyncio.create_task(worker()) for _ in range(tasks)]
+    workers = [asyncio.create_task(worker(call)) for call in calls]
     try:
         await asyncio.sleep(warmup_s)
         METER.begin()
@@ -333,7 +343,7 @@ def aio_concurrent(
         client = await Client.connect(path)
         try:
             call = functools.partial(client.call, method)
-            return await aconcurrent_rate(call, tasks, warmup_s, duration_s)
+            return await aconcurrent_rate([call] * tasks, warmup_s, duration_s)
         finally:
             await client.close()
 
@@ -366,8 +376,236 @@ def redis_concurrent(path: str, tasks: int, warmup_s: float, duration_s: float) 
     async def run() -> tuple[int, int]:
         client = _redis(path)
         try:
-            return await aconcurrent_rate(client.ping, tasks, warmup_s, duration_s)
+            return await aconcurrent_rate([client.ping] * tasks, warmup_s, duration_s)
         finally:
             await client.aclose()
 
     return uvloop.run(run())
+
+
+def redis_get_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    """GET of one 100-byte value, sequential: what an L1 hit is held against."""
+
+    async def run() -> list[int]:
+        client = _redis(path)
+        key = REDIS_GET_KEY.format(0)
+        try:
+            await client.set(key, CACHE_VALUE)
+            if await client.get(key) != CACHE_VALUE:
+                raise BenchError("redis GET did not return the value just SET")
+            return await alatency_loop(functools.partial(client.get, key), warmup_s, duration_s)
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+def redis_get_concurrent(
+    path: str, tasks: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """`tasks` tasks, each GETting its own 100-byte value in a loop, over redis-py's pool."""
+
+    async def run() -> tuple[int, int]:
+        client = _redis(path)
+        keys = [REDIS_GET_KEY.format(i) for i in range(tasks)]
+        try:
+            await client.mset(dict.fromkeys(keys, CACHE_VALUE))
+            if await client.get(keys[-1]) != CACHE_VALUE:
+                raise BenchError("redis GET did not return the value just SET")
+            calls = [functools.partial(client.get, key) for key in keys]
+            return await aconcurrent_rate(calls, warmup_s, duration_s)
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+# -- the cache through the SDK ---------------------------------------------------------
+
+
+def _cache_reads(stats: dict[str, Any]) -> tuple[int, int]:
+    """(L1 hits, reads that went to Redis) from a `stats` answer."""
+    cache = stats["cache"]
+    return cache["l1_hits"], cache["l2_hits"] + cache["misses"]
+
+
+def _check_l1_hits(before: tuple[int, int], after: tuple[int, int], measured: int) -> None:
+    """Every measured call was an L1 hit (a stray invalidation may cost one or two)."""
+    hits, others = after[0] - before[0], after[1] - before[1]
+    if hits < measured or others * 100 > hits:
+        raise BenchError(
+            f"{measured:,} calls measured as L1 hits, but the sidecar counted {hits:,} L1 hits "
+            f"and {others:,} reads from Redis"
+        )
+
+
+def _is_l1_hit(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("source") == "l1"
+
+
+def _blocking_l1_ready(client: Any) -> Callable[[], Any]:
+    """Set the key once, then read it until L1 answers (the first read after a set goes
+    to Redis, and the set's own invalidation may still drop the entry it leaves)."""
+    if client.call("cache.set", {"key": L1_KEY, "value": CACHE_VALUE}) != {"ok": True}:
+        raise BenchError("cache.set failed")
+    get = functools.partial(client.call, "cache.get", {"key": L1_KEY})
+    deadline = time.monotonic() + L1_READY_TIMEOUT_S
+    while not _is_l1_hit(get()):
+        if time.monotonic() > deadline:
+            raise BenchError("cache.get never answered from L1 (is the invalidation feed live?)")
+        time.sleep(0.001)
+    if get()["value"] != CACHE_VALUE:
+        raise BenchError("cache.get returned another value than the one set")
+    return get
+
+
+async def _aio_l1_ready(client: Any) -> Callable[[], Awaitable[Any]]:
+    if await client.call("cache.set", {"key": L1_KEY, "value": CACHE_VALUE}) != {"ok": True}:
+        raise BenchError("cache.set failed")
+    get = functools.partial(client.call, "cache.get", {"key": L1_KEY})
+    deadline = time.monotonic() + L1_READY_TIMEOUT_S
+    while not _is_l1_hit(await get()):
+        if time.monotonic() > deadline:
+            raise BenchError("cache.get never answered from L1 (is the invalidation feed live?)")
+        await asyncio.sleep(0.001)
+    if (await get())["value"] != CACHE_VALUE:
+        raise BenchError("cache.get returned another value than the one set")
+    return get
+
+
+def blocking_l1_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    from madsidecar_client import BlockingClient
+
+    with BlockingClient(path) as client:
+        get = _blocking_l1_ready(client)
+        before = _cache_reads(client.stats())
+        samples = latency_loop(get, warmup_s, duration_s)
+        _check_l1_hits(before, _cache_reads(client.stats()), len(samples))
+        return samples
+
+
+def aio_l1_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    from madsidecar_client import Client
+
+    async def run() -> list[int]:
+        client = await Client.connect(path)
+        try:
+            get = await _aio_l1_ready(client)
+            before = _cache_reads(await client.stats())
+            samples = await alatency_loop(get, warmup_s, duration_s)
+            _check_l1_hits(before, _cache_reads(await client.stats()), len(samples))
+            return samples
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def blocking_l1_pipeline(
+    path: str, depth: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    from madsidecar_client import BlockingClient
+
+    calls: list[tuple[str, dict[str, Any] | None]] = [("cache.get", {"key": L1_KEY})] * depth
+
+    with BlockingClient(path) as client:
+        _blocking_l1_ready(client)
+        before = _cache_reads(client.stats())
+        messages, elapsed = rate_loop(
+            functools.partial(client.pipeline, calls), depth, warmup_s, duration_s
+        )
+        _check_l1_hits(before, _cache_reads(client.stats()), messages)
+        return messages, elapsed
+
+
+def aio_l1_pipeline(path: str, depth: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    from madsidecar_client import Client
+
+    calls: list[tuple[str, dict[str, Any] | None]] = [("cache.get", {"key": L1_KEY})] * depth
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        try:
+            await _aio_l1_ready(client)
+            before = _cache_reads(await client.stats())
+            messages, elapsed = await arate_loop(
+                functools.partial(client.pipeline, calls), depth, warmup_s, duration_s
+            )
+            _check_l1_hits(before, _cache_reads(await client.stats()), messages)
+            return messages, elapsed
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def aio_l2_concurrent(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks, each `cache.get`ting its own key in a loop, over one connection to a
+    sidecar whose L1 is off (l1_max_entries = 0): every read is an L2 read from Redis."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        keys = [L2_KEY.format(i) for i in range(tasks)]
+        try:
+            sets = [("cache.set", {"key": key, "value": CACHE_VALUE}) for key in keys]
+            if any(result != {"ok": True} for result in await client.pipeline(sets)):
+                raise BenchError("cache.set failed")
+            first = await client.call("cache.get", {"key": keys[-1]})
+            if first is None or first["source"] != "l2" or first["value"] != CACHE_VALUE:
+                raise BenchError(f"expected an L2 hit with the value set, got {first!r:.200}")
+            before = (await client.stats())["cache"]
+            calls = [functools.partial(client.call, "cache.get", {"key": key}) for key in keys]
+            messages, elapsed = await aconcurrent_rate(calls, warmup_s, duration_s)
+            after = (await client.stats())["cache"]
+            if after["l1_hits"] != before["l1_hits"] or (
+                after["l2_hits"] - before["l2_hits"] < messages
+            ):
+                raise BenchError("the L2 row was answered from L1, or missed in Redis")
+            return messages, elapsed
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def load_l1(path: str, entries: int, batch: int) -> dict[str, Any]:
+    """`cache.set` `entries` keys, then `cache.get` each so it enters L1, pipelined
+    `batch` deep. Gets are repeated (at most 3 passes) until L1 holds them all: a set's
+    own invalidation may land after the get that filled L1 and drop the entry."""
+    from madsidecar_client import BlockingClient
+
+    def chunks() -> list[list[str]]:
+        names = [MEMORY_KEY.format(i) for i in range(entries)]
+        return [names[i : i + batch] for i in range(0, entries, batch)]
+
+    with BlockingClient(path) as client:
+        started = time.perf_counter()
+        for names in chunks():
+            calls = [("cache.set", {"key": name, "value": CACHE_VALUE}) for name in names]
+            if any(result != {"ok": True} for result in client.pipeline(calls)):
+                raise BenchError("a cache.set of the memory load failed")
+        set_s = time.perf_counter() - started
+        started = time.perf_counter()
+        passes = 0
+        while True:
+            passes += 1
+            for names in chunks():
+                calls = [("cache.get", {"key": name}) for name in names]
+                for result in client.pipeline(calls):
+                    if not isinstance(result, dict) or result["value"] != CACHE_VALUE:
+                        raise BenchError(f"a cache.get of the memory load: {result!r:.200}")
+            cache = client.stats()["cache"]
+            if cache["l1_entries"] >= entries:
+                break
+            if passes == 3:
+                raise BenchError(f"L1 holds {cache['l1_entries']:,} of {entries:,} entries")
+        return {
+            "entries": entries,
+            "l1_entries": cache["l1_entries"],
+            "l1_bytes": cache["l1_bytes"],
+            "evictions": cache["evictions"],
+            "set_s": round(set_s, 2),
+            "get_s": round(time.perf_counter() - started, 2),
+            "get_passes": passes,
+        }
