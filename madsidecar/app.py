@@ -16,6 +16,7 @@ from .cache import Cache
 from .config import Config, ConfigError, load_config, read_redis_password, reload_changes
 from .core import CoreMethods
 from .embedded_redis import EmbeddedRedis
+from .locks import Locks
 from .logs import configure_logging
 from .methods import Capability, MethodTable
 from .redis_gateway import RedisGateway, RedisSettings
@@ -80,6 +81,7 @@ class Sidecar:
                 self.server, self.gateway, self._capability_stats, self.embedded is not None
             ),
             self.cache,
+            Locks(self.config, self.gateway),
         ]
         for capability in self._capabilities:
             for method in capability.methods():

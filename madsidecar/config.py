@@ -184,6 +184,14 @@ class Config:
         10_000, "longest start-up waits for cache warming", minimum=0, maximum=600_000
     )
     cache_warm: tuple[WarmTarget, ...] = field(default=(), metadata={})
+    lock_quorum_urls: str | None = _setting(
+        None,
+        "comma-separated URLs of independent Redis masters for Redlock; unset: locks use redis_url",
+    )
+    lock_retry_max_ms: int = _setting(
+        200, "longest pause between a lock waiter's retries when no wake-up comes",
+        minimum=1, maximum=60_000,
+    )  # fmt: skip
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
     config_file: str | None = field(default=None, metadata={})
 
@@ -311,6 +319,10 @@ def _parse(setting: dataclasses.Field[Any], raw: str, where: str) -> Any:
 
 def _check_type(setting: dataclasses.Field[Any], raw: Any, where: str) -> Any:
     kind = _field_type(setting)
+    if setting.name == "lock_quorum_urls" and isinstance(raw, list):
+        if not all(isinstance(url, str) for url in raw):
+            raise ConfigError(f"lock_quorum_urls: expected a list of URLs in {where}")
+        return ",".join(raw)
     if setting.name == "socket_mode" and isinstance(raw, str):
         return _parse(setting, raw, where)
     if type(raw) is not kind:
@@ -408,6 +420,14 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
             f"redis_url: must start with redis://, rediss:// or unix://, "
             f"got {redact_url(config.redis_url)!r}"
         )
+    for url in quorum_urls(config):
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"lock_quorum_urls: each must start with redis://, rediss:// or unix://, "
+                f"got {redact_url(url)!r}"
+            )
+    if config.lock_quorum_urls is not None and len(quorum_urls(config)) < 3:
+        raise ConfigError("lock_quorum_urls: Redlock needs at least 3 independent masters")
     if config.embedded_persistence and not config.embedded_dir:
         raise ConfigError(
             "embedded_persistence: needs embedded_dir, or the data would go to a "
@@ -427,6 +447,12 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         except OSError as exc:
             raise ConfigError(f"redis_password_file: cannot read it: {exc.strerror}") from None
     return config
+
+
+def quorum_urls(config: Config) -> list[str]:
+    if not config.lock_quorum_urls:
+        return []
+    return [url.strip() for url in config.lock_quorum_urls.split(",") if url.strip()]
 
 
 def reload_changes(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:

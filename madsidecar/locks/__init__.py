@@ -1,0 +1,5 @@
+"""Lock leases: fencing tokens, renewal by the sidecar, release on disconnect."""
+
+from .capability import Locks
+
+__all__ = ["Locks"]

@@ -1,0 +1,134 @@
+"""Where a lock is decided: one Redis, or a Redlock quorum of independent masters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import Unavailable
+from ..redis_gateway import RedisGateway
+from ..redis_scripts import LuaScript
+
+SCRIPTS = ("acquire", "release", "extend", "inspect")
+
+
+def load_scripts() -> dict[str, LuaScript]:
+    return {name: LuaScript.beside(__file__, f"{name}.lua") for name in SCRIPTS}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    acquired: bool
+    fence: int
+    # Acquired: the lease's validity. Not: the holder's remaining lease, -1 if unknown.
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    held: bool
+    ttl_ms: int
+    fence: int
+
+
+class LockBackend(Protocol):
+    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt: ...
+
+    async def release(self, key: str, token: str) -> bool: ...
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool: ...
+
+    async def inspect(self, key: str) -> Inspection: ...
+
+
+def fence_key(lock_key: str) -> str:
+    return lock_key + ":fence"
+
+
+class SingleRedis:
+    def __init__(self, gateway: RedisGateway, channel: str) -> None:
+        self._gateway = gateway
+        self._channel = channel
+        self._scripts = load_scripts()
+
+    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt:
+        ok, fence, ttl = await self._scripts["acquire"].run(
+            self._gateway, [key, fence_key(key)], [token, ttl_ms]
+        )
+        return Attempt(bool(ok), int(fence), int(ttl))
+
+    async def release(self, key: str, token: str) -> bool:
+        return bool(
+            await self._scripts["release"].run(self._gateway, [key], [token, self._channel])
+        )
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(await self._scripts["extend"].run(self._gateway, [key], [token, ttl_ms]))
+
+    async def inspect(self, key: str) -> Inspection:
+        pttl, fence = await self._scripts["inspect"].run(self._gateway, [key, fence_key(key)])
+        return Inspection(held=int(pttl) != -2, ttl_ms=max(int(pttl), 0), fence=int(fence))
+
+
+class Redlock:
+    """The redis.io distributed lock over N independent masters.
+
+    Acquired only with a majority, and only while time remains: validity = ttl - elapsed -
+    drift, drift = 1% of ttl + 2 ms. A failed attempt is undone on every master. The fence
+    is the largest counter of the masters that granted it.
+    """
+
+    def __init__(self, masters: list[RedisGateway], wake: RedisGateway, channel: str) -> None:
+        self._masters = masters
+        self._quorum = len(masters) // 2 + 1
+        self._wake = wake
+        self._channel = channel
+        self._scripts = load_scripts()
+
+    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt:
+        started = time.monotonic()
+        replies = await self._on_all("acquire", [key, fence_key(key)], [token, ttl_ms])
+        elapsed_ms = (time.monotonic() - started) * 1000
+        answered = [r for r in replies if r is not None]
+        if not answered:
+            raise Unavailable("no Redlock master answered", retry_after_ms=50)
+        granted = [r for r in answered if r[0]]
+        validity = int(ttl_ms - elapsed_ms - (ttl_ms * 0.01 + 2))
+        if len(granted) >= self._quorum and validity > 0:
+            return Attempt(True, max(int(r[1]) for r in granted), validity)
+        if granted:
+            await self._on_all("release", [key], [token, self._channel])
+        holders = [int(r[2]) for r in answered if not r[0] and int(r[2]) > 0]
+        return Attempt(False, 0, min(holders) if holders else -1)
+
+    async def release(self, key: str, token: str) -> bool:
+        replies = await self._on_all("release", [key], [token, self._channel])
+        released = any(bool(r) for r in replies if r is not None)
+        if released:
+            await self._wake.execute("PUBLISH", self._channel, key)
+        return released
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        replies = await self._on_all("extend", [key], [token, ttl_ms])
+        return sum(bool(r) for r in replies if r is not None) >= self._quorum
+
+    async def inspect(self, key: str) -> Inspection:
+        replies = [r for r in await self._on_all("inspect", [key, fence_key(key)], []) if r]
+        if not replies:
+            raise Unavailable("no Redlock master answered", retry_after_ms=50)
+        held = [int(r[0]) for r in replies if int(r[0]) != -2]
+        return Inspection(
+            held=len(held) >= self._quorum,
+            ttl_ms=sorted(held)[len(held) // 2] if held else 0,
+            fence=max(int(r[1]) for r in replies),
+        )
+
+    async def _on_all(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        """The script on every master at once; None where a master did not answer."""
+        replies = await asyncio.gather(
+            *(self._scripts[script].run(master, keys, args) for master in self._masters),
+            return_exceptions=True,
+        )
+        return [None if isinstance(reply, BaseException) else reply for reply in replies]

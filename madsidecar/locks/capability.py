@@ -1,0 +1,329 @@
+"""lock.*: leases owned by a connection, renewed by the sidecar, released on disconnect.
+
+A lease is renewed every ttl/3 (monotonic clock) while its connection is open and
+released the moment the connection closes. A renewal that finds the lease gone, or that
+cannot reach Redis before the lease's validity runs out, sends `lock.lost` to the owner.
+
+Waiting callers of one node queue per lock name, first come first served; only the head
+asks Redis. It is woken by the release itself: at once for a release on this node, and
+through the node's one subscription to the release channel for the others (re-checking
+after registering, so a release between the attempt and the wait is never missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from ..config import Config, quorum_urls, read_redis_password
+from ..errors import SidecarError, Unavailable
+from ..methods import Arg, CapabilityBase, Client, Method
+from ..redis_feed import RedisFeed
+from ..redis_gateway import RedisGateway, RedisSettings
+from .backends import LockBackend, Redlock, SingleRedis
+from .keys import LockKeys
+
+log = structlog.get_logger("madsidecar.locks")
+
+MIN_RENEW_S: Final = 0.01
+
+
+@dataclass(eq=False)
+class Lease:
+    key: str
+    name: str
+    token: str
+    fence: int
+    ttl_ms: int
+    owner: Client
+    valid_until: float  # monotonic: the lease is surely ours until then
+    renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class LockStats:
+    __slots__ = ("acquired", "lost", "released", "timeouts")
+
+    def __init__(self) -> None:
+        self.acquired = self.released = self.lost = self.timeouts = 0
+
+
+class Locks(CapabilityBase):
+    group = "lock"
+
+    def __init__(self, config: Config, gateway: RedisGateway) -> None:
+        self._config = config
+        self._gateway = gateway
+        self._keys = LockKeys(config.key_prefix)
+        self._masters = [
+            RedisGateway(
+                RedisSettings(
+                    url,
+                    read_redis_password(config),
+                    config.redis_timeout_ms,
+                    config.redis_connect_timeout_ms,
+                    config.redis_health_interval_ms,
+                )
+            )
+            for url in quorum_urls(config)
+        ]
+        self._backend: LockBackend = (
+            Redlock(self._masters, gateway, self._keys.channel)
+            if self._masters
+            else SingleRedis(gateway, self._keys.channel)
+        )
+        self._feed = RedisFeed(
+            gateway, self, channels=(self._keys.channel,), name="madsidecar-lock-wakeups"
+        )
+        self._leases: dict[int, dict[str, Lease]] = {}
+        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._wakes: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stats = LockStats()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def methods(self) -> Iterable[Method]:
+        name = Arg("name", "name")
+        return (
+            Method(
+                "lock.acquire",
+                self.acquire,
+                (
+                    name,
+                    Arg("ttl_ms", "int", 30_000, minimum=10, maximum=86_400_000),
+                    Arg("wait_ms", "int", 0, minimum=0, maximum=86_400_000),
+                    Arg("renew", "bool", True),
+                ),
+            ),
+            Method("lock.release", self.release, (name, Arg("token", "str")), ordered_by="name"),
+            Method(
+                "lock.extend",
+                self.extend,
+                (name, Arg("token", "str"), Arg("ttl_ms", "int", minimum=10, maximum=86_400_000)),
+                ordered_by="name",
+            ),
+            Method("lock.inspect", self.inspect, (name,)),
+        )
+
+    async def start(self) -> None:
+        for master in self._masters:
+            master.start()
+        self._feed.start()
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=self._gateway.timeout_s * 2)
+        await self._feed.close()
+        for master in self._masters:
+            await master.close()
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats
+        return {
+            "locks": {
+                "held": sum(len(leases) for leases in self._leases.values()),
+                "waiting": sum(len(queue) for queue in self._queues.values()),
+                "acquired": s.acquired,
+                "released": s.released,
+                "lost": s.lost,
+                "timeouts": s.timeouts,
+                "redlock_masters": len(self._masters),
+            }
+        }
+
+    def connection_closed(self, client: Client) -> None:
+        for lease in (self._leases.pop(client.conn_id, None) or {}).values():
+            self._stop_renewing(lease)
+            self._in_background(self._release(lease))
+
+    # -- methods --------------------------------------------------------------------------
+
+    async def acquire(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._keys.lock(client.namespace, args["name"])
+        if args["wait_ms"] == 0 and key in self._queues:
+            # Callers already waiting on this node come first.
+            inspection = await self._backend.inspect(key)
+            return {"acquired": False, "ttl_ms": inspection.ttl_ms}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args["wait_ms"] / 1000
+        queue = self._queues.setdefault(key, collections.deque())
+        turn: asyncio.Future[None] = loop.create_future()
+        queue.append(turn)
+        if len(queue) == 1:
+            turn.set_result(None)
+        try:
+            if not turn.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(turn), max(deadline - loop.time(), 0))
+                if not turn.done():
+                    self._stats.timeouts += 1
+                    return {"acquired": False, "ttl_ms": (await self._backend.inspect(key)).ttl_ms}
+            return await self._attempt_until(client, key, args, deadline)
+        finally:
+            self._leave_queue(key, turn)
+
+    async def _attempt_until(
+        self, client: Client, key: str, args: dict[str, Any], deadline: float
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        while True:
+            woken = self._wake_on(key)  # before asking: a release in between still wakes us
+            started = time.monotonic()
+            token = secrets.token_urlsafe(18)
+            attempt = await self._backend.acquire(key, token, args["ttl_ms"])
+            if attempt.acquired:
+                return self._grant(client, key, args, token, attempt.fence, attempt.ttl_ms, started)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if args["wait_ms"]:
+                    self._stats.timeouts += 1
+                return {"acquired": False, "ttl_ms": max(attempt.ttl_ms, 0)}
+            # Woken by the release; else retry when the holder's lease would run out.
+            pause = min(remaining, self._config.lock_retry_max_ms / 1000)
+            if attempt.ttl_ms > 0:
+                pause = min(pause, attempt.ttl_ms / 1000 + 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(woken), pause)
+
+    def _grant(
+        self,
+        client: Client,
+        key: str,
+        args: dict[str, Any],
+        token: str,
+        fence: int,
+        ttl_ms: int,
+        started: float,
+    ) -> dict[str, Any]:
+        lease = Lease(key, args["name"], token, fence, ttl_ms, client, started + ttl_ms / 1000)
+        if client.closed:
+            # The caller went away while we were asking: nobody can release it but us.
+            self._in_background(self._release(lease))
+            return {"acquired": False, "ttl_ms": 0}
+        self._stats.acquired += 1
+        self._leases.setdefault(client.conn_id, {})[key] = lease
+        if args["renew"]:
+            lease.renewer = asyncio.create_task(self._renew(lease), name=f"renew {key}")
+        return {"acquired": True, "token": token, "fence": fence, "ttl_ms": ttl_ms}
+
+    async def release(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._keys.lock(client.namespace, args["name"])
+        owned = self._leases.get(client.conn_id, {})
+        lease = owned.get(key)
+        if lease is not None and lease.token == args["token"]:
+            del owned[key]
+            self._stop_renewing(lease)
+        released = await self._backend.release(key, args["token"])
+        if released:
+            self._stats.released += 1
+            self._wake(key)
+        return {"released": released}
+
+    async def extend(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._keys.lock(client.namespace, args["name"])
+        started = time.monotonic()
+        extended = await self._backend.extend(key, args["token"], args["ttl_ms"])
+        lease = self._leases.get(client.conn_id, {}).get(key)
+        if extended and lease is not None and lease.token == args["token"]:
+            lease.ttl_ms = args["ttl_ms"]
+            lease.valid_until = started + args["ttl_ms"] / 1000
+        return {"extended": extended, "ttl_ms": args["ttl_ms"] if extended else 0}
+
+    async def inspect(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        found = await self._backend.inspect(self._keys.lock(client.namespace, args["name"]))
+        return {"held": found.held, "ttl_ms": found.ttl_ms, "fence": found.fence}
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _renew(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(max(lease.ttl_ms / 3000, MIN_RENEW_S))
+            started = time.monotonic()
+            try:
+                still_ours = await self._backend.extend(lease.key, lease.token, lease.ttl_ms)
+            except SidecarError as exc:
+                if time.monotonic() < lease.valid_until:
+                    continue  # try again while the lease is surely still ours
+                self._lose(lease, f"could not renew before the lease ran out: {exc.message}")
+                return
+            if not still_ours:
+                self._lose(lease, "the lease expired or was taken over")
+                return
+            lease.valid_until = started + lease.ttl_ms / 1000
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        owned = self._leases.get(lease.owner.conn_id, {})
+        if owned.get(lease.key) is lease:
+            del owned[lease.key]
+        self._stats.lost += 1
+        log.warning("lock_lost", name=lease.name, fence=lease.fence, reason=reason)
+        if not lease.owner.closed:
+            lease.owner.notify(
+                "lock.lost", {"name": lease.name, "token": lease.token, "fence": lease.fence}
+            )
+
+    def _stop_renewing(self, lease: Lease) -> None:
+        if lease.renewer is not None and lease.renewer is not asyncio.current_task():
+            lease.renewer.cancel()
+            lease.renewer = None
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            if await self._backend.release(lease.key, lease.token):
+                self._stats.released += 1
+                self._wake(lease.key)
+        except Unavailable:
+            log.warning("lock_release_failed", name=lease.name, expires_in_ms=lease.ttl_ms)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def _leave_queue(self, key: str, turn: asyncio.Future[None]) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        was_head = bool(queue) and queue[0] is turn
+        with contextlib.suppress(ValueError):
+            queue.remove(turn)
+        if not queue:
+            del self._queues[key]
+        elif was_head and not queue[0].done():
+            queue[0].set_result(None)
+
+    def _wake_on(self, key: str) -> asyncio.Future[None]:
+        woken = self._wakes.get(key)
+        if woken is None or woken.done():
+            woken = asyncio.get_running_loop().create_future()
+            self._wakes[key] = woken
+        return woken
+
+    def _wake(self, key: str) -> None:
+        woken = self._wakes.pop(key, None)
+        if woken is not None and not woken.done():
+            woken.set_result(None)
+
+    def feed_message(self, channel: bytes, data: bytes) -> None:
+        self._wake(data.decode("utf-8", "surrogateescape"))
+
+    def feed_invalidated(self, keys: list[bytes] | None) -> None:
+        return None
+
+    def feed_up(self) -> None:
+        # Releases may have been missed while the subscription was down.
+        for key in list(self._wakes):
+            self._wake(key)
+
+    def feed_down(self, reason: str) -> None:
+        log.warning("lock_wakeups_lost", reason=reason, fallback="retry polling")
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,22 @@
+"""Where locks live in Redis: `<prefix>lock:{<ns>:<name>}` (its fence counter: `:fence`).
+
+The braces make the namespace and name the Redis Cluster hash tag, so a lock and its
+fence counter share a slot and one script can touch both; braces and `%` inside the
+names are percent-encoded so they cannot end the tag early.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+class LockKeys:
+    def __init__(self, key_prefix: str) -> None:
+        self._root = f"{key_prefix}lock:"
+        self.channel = f"{key_prefix}lock:released"
+
+    def lock(self, namespace: str, name: str) -> str:
+        tag = f"{len(namespace)}:{namespace}:{name}".translate(_ESCAPES)
+        return f"{self._root}{{{tag}}}"
