@@ -172,7 +172,8 @@ class ClientConnection(asyncio.Protocol):
         except SidecarError as exc:
             self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
             return
-        if method.is_async or self._order.must_wait(method, args):
+        # Nothing can be ahead of this call when nothing of this connection is running.
+        if method.is_async or (self._tasks and self._order.must_wait(method, args)):
             # Async work, or an inline handler that must queue behind its key.
             self._start_task(method, request.msgid, args)
             return

@@ -17,6 +17,8 @@ def keys_of(method: Method, args: dict[str, Any]) -> tuple[Any, ...]:
     if method.ordered_by is None:
         return ()
     value = args[method.ordered_by]
+    if type(value) is str:
+        return (value,)
     return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 

@@ -32,6 +32,14 @@ NOTIFICATION: Final = 2
 _COMPACT_AFTER: Final = 64 * 1024
 
 
+class Packed(bytes):
+    """A result already encoded as MessagePack: sent as it is, not packed again.
+
+    Lets a handler splice stored MessagePack (a cached value) into its reply."""
+
+    __slots__ = ()
+
+
 class NeedData:
     """Sentinel: no complete frame is buffered; feed more bytes."""
 
@@ -144,23 +152,36 @@ class ServerProtocol:
         self._pos = end
         if end >= _COMPACT_AFTER:
             self._compact()
-        # The common case, a request with no arguments, without the general checks.
+        # The common cases, without the general checks: no arguments, or one map of them.
         if (
             type(value) is tuple
             and len(value) == 4
-            and value[3] == ()
             and value[0] == REQUEST
             and type(value[0]) is int
             and type(value[1]) is int
             and 0 <= value[1] <= MAX_MSGID
             and type(value[2]) is str
         ):
-            return Request(value[1], value[2], {})
+            params = value[3]
+            if params == ():
+                return Request(value[1], value[2], {})
+            if (
+                type(params) is tuple
+                and len(params) == 1
+                and type(params[0]) is dict
+                and all(type(name) is str for name in params[0])
+            ):
+                return Request(value[1], value[2], params[0])
         if type(value) is _BadBody:
             return InvalidMessage(error_map(ErrorCode.BAD_FRAME, value.describe()), None)
         return _to_request(value)
 
     def response(self, msgid: int, result: Any) -> bytes:
+        if type(result) is Packed:
+            head: bytes = self._packer.pack(msgid)
+            return b"".join(
+                (HEADER.pack(len(head) + len(result) + 3), b"\x94\x01", head, b"\xc0", result)
+            )
         body: bytes = self._packer.pack((RESPONSE, msgid, None, result))
         return HEADER.pack(len(body)) + body
 

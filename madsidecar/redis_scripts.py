@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from .redis_gateway import RedisCommandError, RedisGateway
 
 
@@ -29,6 +27,6 @@ class LuaScript:
         try:
             return await gateway.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except RedisCommandError as exc:
-            if not isinstance(exc.reply, NoScriptError):
+            if exc.reply_code != "NOSCRIPT":
                 raise
         return await gateway.execute("EVAL", self.source, len(keys), *keys, *args)

@@ -13,6 +13,7 @@ from madsidecar.protocol import (
     NEED_DATA,
     FatalFrame,
     InvalidMessage,
+    Packed,
     Request,
     ServerProtocol,
     encode_frame,
@@ -288,3 +289,11 @@ def test_values_round_trip_through_the_server_encoder(value: Any) -> None:
     assert isinstance(event, Request)
     echoed = proto.response(1, event.args["value"])
     assert msgpack.unpackb(echoed[4:], raw=False, strict_map_key=False) == [1, 1, None, value]
+
+
+@settings(max_examples=100)
+@given(st.integers(min_value=0, max_value=2**32 - 1), msgpack_values)
+def test_packed_results_are_framed_like_packed_ones(msgid: int, value: Any) -> None:
+    proto = ServerProtocol()
+    spliced = proto.response(msgid, Packed(msgpack.packb(value, use_bin_type=True)))
+    assert spliced == proto.response(msgid, value)

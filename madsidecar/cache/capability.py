@@ -24,6 +24,7 @@ import structlog
 from ..config import Config, WarmTarget
 from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
+from ..protocol import Packed
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
@@ -38,6 +39,28 @@ MAX_MGET_KEYS: Final = 10_000
 LEASE_POLL_MAX_S: Final = 0.5
 
 _FETCH_HIT, _FETCH_LEASE, _FETCH_HIT_AND_LEASE, _FETCH_WAIT = 0, 1, 2, 3
+
+# MessagePack pieces of cache entries, so stored values can be spliced into replies.
+_MAP_HEADERS: Final = {n: bytes([0x80 | n]) for n in range(3, 6)}
+_K_VALUE: Final = msgpack.packb("value")
+_K_TTL: Final = msgpack.packb("ttl_ms")
+_K_STALE: Final = msgpack.packb("stale")
+_K_LEASE: Final = msgpack.packb("lease")
+_TRUE: Final = msgpack.packb(True)
+_NIL: Final = msgpack.packb(None)
+_SOURCE_L1: Final = msgpack.packb("source") + msgpack.packb("l1")
+_SOURCE_L2: Final = msgpack.packb("source") + msgpack.packb("l2")
+
+
+def _packed_array(items: list[Packed | None]) -> Packed:
+    count = len(items)
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return Packed(header + b"".join(_NIL if item is None else item for item in items))
 
 
 class _Undecodable:
@@ -110,6 +133,7 @@ class Cache(CapabilityBase):
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = CacheStats()
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self._scripts = {
             name: LuaScript.beside(__file__, f"{name}.lua")
             for name in ("set", "delete", "fetch", "fill", "release_lease")
@@ -223,18 +247,18 @@ class Cache(CapabilityBase):
         results = [self._l1_hit(key) for key in keys]
         missing = [i for i, result in enumerate(results) if result is None]
         if not missing:
-            return results
+            return _packed_array(results)
         return self._mget_rest(keys, results, missing)
 
     async def _mget_rest(
-        self, keys: list[str], results: list[Any], missing: list[int]
-    ) -> list[Any]:
+        self, keys: list[str], results: list[Packed | None], missing: list[int]
+    ) -> Packed:
         reads = [self._read_l2(keys[i]) for i in missing]
         for i, entry in zip(missing, await asyncio.gather(*reads), strict=True):
             results[i] = entry
-        return results
+        return _packed_array(results)
 
-    def _l1_hit(self, key: str, refresh_ahead_ms: int = 0) -> dict[str, Any] | None:
+    def _l1_hit(self, key: str, refresh_ahead_ms: int = 0) -> Packed | None:
         """The L1 answer, if L1 may give one (and, with refresh-ahead, if the entry has
         more than that much TTL left)."""
         if not self._feed_live:
@@ -249,9 +273,9 @@ class Cache(CapabilityBase):
         if refresh_ahead_ms and ttl_ms is not None and ttl_ms < refresh_ahead_ms:
             return None
         self._stats.l1_hits += 1
-        return {"value": entry.value, "source": "l1", "ttl_ms": ttl_ms}
+        return self._entry(entry.raw, _SOURCE_L1, ttl_ms)
 
-    async def _read_l2(self, key: str) -> dict[str, Any] | None:
+    async def _read_l2(self, key: str) -> Packed | None:
         generation = self._guard.begin(key)
         fresh = False
         get = self._gateway.execute("GET", key)
@@ -274,22 +298,39 @@ class Cache(CapabilityBase):
         if raw is None or ttl_ms == -2:
             self._stats.misses += 1
             return None
-        value = _decode(raw)
-        if value is UNDECODABLE:
+        if _decode(raw) is UNDECODABLE:  # checked once here; L1 hits splice it unchecked
             self._note_undecodable(key)
             self._stats.misses += 1
             return None
         self._stats.l2_hits += 1
         if fresh and self._feed_live:
-            self._remember(key, value, len(raw), ttl_ms)
-        return {"value": value, "source": "l2", "ttl_ms": None if ttl_ms < 0 else ttl_ms}
+            self._remember(key, raw, ttl_ms)
+        return self._entry(raw, _SOURCE_L2, None if ttl_ms < 0 else ttl_ms)
+
+    def _entry(
+        self,
+        raw: bytes,
+        source: bytes,
+        ttl_ms: int | None,
+        stale: bool = False,
+        lease: str | None = None,
+    ) -> Packed:
+        """`{value, source, ttl_ms[, stale][, lease]}` with the stored MessagePack of the
+        value spliced in, never decoded and packed again."""
+        parts = [_MAP_HEADERS[3 + stale + (lease is not None)], _K_VALUE, raw, source]
+        parts += (_K_TTL, self._pack(ttl_ms))
+        if stale:
+            parts += (_K_STALE, _TRUE)
+        if lease is not None:
+            parts += (_K_LEASE, self._pack(lease))
+        return Packed(b"".join(parts))
 
     def _note_undecodable(self, key: str) -> None:
         self._stats.undecodable += 1
         if self._stats.undecodable == 1:
             log.warning("cache_value_not_msgpack", key=key, hint="written by another program?")
 
-    def _stale_fallback(self, key: str) -> dict[str, Any] | None:
+    def _stale_fallback(self, key: str) -> Packed | None:
         """Redis is down: an L1 entry is the best answer there is, marked if past its
         L1 freshness (while Redis is down nobody can change L2, so an entry within its
         freshness is as current as any answer can be)."""
@@ -299,21 +340,20 @@ class Cache(CapabilityBase):
         now = time.monotonic()
         if now - entry.stored_at > self._config.cache_stale_max_ms / 1000:
             return None
-        result = {"value": entry.value, "source": "l1", "ttl_ms": _remaining_ms(entry, now)}
-        if now >= entry.fresh_until:
-            result["stale"] = True
+        stale = now >= entry.fresh_until
+        if stale:
             self._stats.stale_served += 1
-        return result
+        return self._entry(entry.raw, _SOURCE_L1, _remaining_ms(entry, now), stale)
 
-    def _remember(self, key: str, value: Any, encoded_size: int, ttl_ms: int) -> None:
+    def _remember(self, key: str, raw: bytes, ttl_ms: int) -> None:
         now = time.monotonic()
         life_s = self._config.l1_max_ttl_ms / 1000
         expires_at = None
         if ttl_ms >= 0:
             expires_at = now + ttl_ms / 1000
             life_s = min(life_s, ttl_ms / 1000)
-        size = encoded_size + len(key) + ENTRY_OVERHEAD_BYTES
-        self._l1.put(key, L1Entry(value, size, now + life_s, expires_at, now))
+        size = len(raw) + len(key) + ENTRY_OVERHEAD_BYTES
+        self._l1.put(key, L1Entry(raw, size, now + life_s, expires_at, now))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -377,7 +417,7 @@ class Cache(CapabilityBase):
             return hit
         return self._fetch(client, key, args)
 
-    async def _fetch(self, client: Client, key: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def _fetch(self, client: Client, key: str, args: dict[str, Any]) -> Any:
         lease_key = self._keys.lease_for_value(key)
         deadline = time.monotonic() + args["wait_ms"] / 1000
         while True:
@@ -395,10 +435,10 @@ class Cache(CapabilityBase):
                 finally:
                     fresh = self._guard.end(key, generation)
                 if status == _FETCH_LEASE:
-                    return self._grant(client, lease_key, token, args["ttl_ms"], {"lease": token})
+                    self._grant(client, lease_key, token, args["ttl_ms"])
+                    return {"lease": token}
                 if status in (_FETCH_HIT, _FETCH_HIT_AND_LEASE):
-                    value = _decode(raw)
-                    if value is UNDECODABLE:
+                    if _decode(raw) is UNDECODABLE:
                         self._note_undecodable(key)
                         raise BadRequest(
                             f"cache.fetch: the value of {args['key']!r} in Redis is not "
@@ -407,13 +447,12 @@ class Cache(CapabilityBase):
                         )
                     self._stats.l2_hits += 1
                     if fresh and self._feed_live:
-                        self._remember(key, value, len(raw), pttl)
-                    result = {"value": value, "source": "l2", "ttl_ms": None if pttl < 0 else pttl}
+                        self._remember(key, raw, pttl)
+                    lease = None
                     if status == _FETCH_HIT_AND_LEASE:
-                        result = self._grant(
-                            client, lease_key, token, args["ttl_ms"], {**result, "lease": token}
-                        )
-                    return result
+                        self._grant(client, lease_key, token, args["ttl_ms"])
+                        lease = token
+                    return self._entry(raw, _SOURCE_L2, None if pttl < 0 else pttl, lease=lease)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(
@@ -427,14 +466,7 @@ class Cache(CapabilityBase):
             finally:
                 self._stop_waiting((key, lease_key), woken)
 
-    def _grant(
-        self,
-        client: Client,
-        lease_key: str,
-        token: str,
-        ttl_ms: int | None,
-        result: dict[str, Any],
-    ) -> dict[str, Any]:
+    def _grant(self, client: Client, lease_key: str, token: str, ttl_ms: int | None) -> None:
         self._stats.leases_granted += 1
         if client.closed:
             self._in_background(
@@ -442,7 +474,6 @@ class Cache(CapabilityBase):
             )
         else:
             self._leases.setdefault(client.conn_id, {})[lease_key] = (token, ttl_ms)
-        return result
 
     async def fill(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         encoded = _encode(args["value"])
