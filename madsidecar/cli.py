@@ -21,6 +21,21 @@ locks, sessions, presence and rate limits. Services talk to it over a Unix socke
                                   is started when no --redis-url is given)
   madsidecar ping                 check that a running sidecar answers
   madsidecar stats                print a running sidecar's counters as JSON
+  madsidecar lock NAME -- CMD     run CMD while holding a fleet-wide lock (like flock(1))
+"""
+
+EX_TEMPFAIL = 75
+LOCK_DESCRIPTION = """\
+Run CMD while this process holds the lock NAME, fleet-wide. The sidecar renews the
+lease while CMD runs, and releases it when CMD exits (or if this process dies).
+
+  madsidecar lock migrations --wait-ms 600000 -- ./manage.py migrate
+
+CMD gets MADSIDECAR_LOCK_FENCE (the fencing token: strictly greater than any issued
+before for NAME) and MADSIDECAR_LOCK_NAME in its environment. The exit status is CMD's
+(128+N if a signal N ended it). If the lock is lost while CMD runs, CMD gets SIGTERM.
+If the lock is not had within --wait-ms, CMD does not run and the exit status is
+--conflict-exit-code (75, EX_TEMPFAIL, by default).
 """
 
 RUN_EPILOG = """\
@@ -61,6 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{setting.metadata['help']} [env {env_name(setting.name)}]",
         )
 
+    lock = commands.add_parser(
+        "lock",
+        help="run a command while holding a fleet-wide lock",
+        description=LOCK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    lock.add_argument("name", help="the lock's name (1 to 512 bytes)")
+    lock.add_argument("--ttl-ms", type=int, default=30_000, help="lease, renewed (default 30000)")
+    lock.add_argument(
+        "--wait-ms", type=int, default=0, help="how long to wait for the lock (default 0)"
+    )
+    lock.add_argument(
+        "--conflict-exit-code",
+        type=int,
+        default=EX_TEMPFAIL,
+        help=f"exit status when the lock was not had in time (default {EX_TEMPFAIL})",
+    )
+    lock.add_argument("--socket", help="socket path [env MADSIDECAR_SOCKET]")
+    lock.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
     for name, summary in (("ping", "check that a sidecar answers"), ("stats", "print counters")):
         sub = commands.add_parser(name, help=summary)
         sub.add_argument(
@@ -75,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "lock":
+        from .lock_command import run_locked
+
+        return run_locked(args)
     return _talk(args)
 
 

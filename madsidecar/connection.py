@@ -55,7 +55,8 @@ class ClientConnection(asyncio.Protocol):
         self.conn_id = conn_id
         self.peer: PeerCredentials = UNKNOWN_PEER
         self.rule: PolicyRule | None = None
-        self.namespace = "default"
+        self._namespace = "default"
+        self._allowed: set[str] = set()
         self.client_name: str | None = None
         self.closed = False
         self.requests = 0
@@ -119,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
 
     def refresh_rule(self) -> None:
         self.rule = rule_for(self._server.config.policy, self.peer)
+        self._allowed.clear()
 
     def close(self) -> None:
         self._flush()
@@ -166,7 +168,7 @@ class ClientConnection(asyncio.Protocol):
                 raise UnknownMethod(f"no such method: {request.method!r}")
             if server.draining:
                 raise ShuttingDown("the sidecar is shutting down")
-            if method.name not in _ALWAYS_ALLOWED:
+            if method.name not in _ALWAYS_ALLOWED and method.group not in self._allowed:
                 self._authorize(method)
             args = method.bind(request.args) if request.args or method.args else request.args
         except SidecarError as exc:
@@ -198,6 +200,17 @@ class ClientConnection(asyncio.Protocol):
             raise Forbidden(f"this peer may not call {method.name}")
         if method.group != "core" and not rule.allows_namespace(self.namespace):
             raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
+        # Remembered until the rule or the namespace changes.
+        self._allowed.add(method.group)
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @namespace.setter
+    def namespace(self, value: str) -> None:
+        self._namespace = value
+        self._allowed.clear()
 
     def _start_task(
         self,

@@ -51,7 +51,11 @@ Handler = Callable[[Client, dict[str, Any]], Any]
 def _check_name(value: Any) -> str | None:
     if type(value) is not str:
         return "must be a str"
-    if not value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    # A character is at most 4 UTF-8 bytes: short names need no encoding to be measured.
+    if not value or (
+        len(value) * 4 > MAX_NAME_BYTES
+        and len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
         return f"must be 1 to {MAX_NAME_BYTES} UTF-8 bytes"
     return None
 
@@ -106,17 +110,22 @@ class Arg:
     default: Any = _MISSING
     minimum: int | None = None
     maximum: int | None = None
+    # Derived once, for the per-request path.
+    required: bool = field(init=False, repr=False)
+    bounded: bool = field(init=False, repr=False)
+    _kind_check: Callable[[Any], str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in _CHECKS:
             raise ValueError(f"unknown argument kind {self.kind!r}")
-
-    @property
-    def required(self) -> bool:
-        return self.default is _MISSING
+        object.__setattr__(self, "_kind_check", _CHECKS[self.kind])
+        object.__setattr__(self, "required", self.default is _MISSING)
+        object.__setattr__(self, "bounded", self.minimum is not None or self.maximum is not None)
 
     def check(self, method: str, value: Any) -> None:
-        problem = _CHECKS[self.kind](value)
+        problem = self._kind_check(value)
+        if problem is None and not self.bounded:
+            return
         if problem is None and self.minimum is not None and value < self.minimum:
             problem = f"must be at least {self.minimum}"
         if problem is None and self.maximum is not None and value > self.maximum:
@@ -157,8 +166,9 @@ class Method:
         bound: dict[str, Any] = {}
         for arg in self.args:
             value = given.get(arg.name, _MISSING)
-            if value is _MISSING or (value is None and not arg.required):
-                if arg.required:
+            required = arg.required
+            if value is _MISSING or (value is None and not required):
+                if required:
                     raise BadRequest(
                         f"{self.name}: missing required argument '{arg.name}'", argument=arg.name
                     )

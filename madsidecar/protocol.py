@@ -165,13 +165,12 @@ class ServerProtocol:
             params = value[3]
             if params == ():
                 return Request(value[1], value[2], {})
-            if (
-                type(params) is tuple
-                and len(params) == 1
-                and type(params[0]) is dict
-                and all(type(name) is str for name in params[0])
-            ):
-                return Request(value[1], value[2], params[0])
+            if type(params) is tuple and len(params) == 1 and type(params[0]) is dict:
+                for name in params[0]:
+                    if type(name) is not str:
+                        break
+                else:
+                    return Request(value[1], value[2], params[0])
         if type(value) is _BadBody:
             return InvalidMessage(error_map(ErrorCode.BAD_FRAME, value.describe()), None)
         return _to_request(value)

@@ -50,6 +50,8 @@ _TRUE: Final = msgpack.packb(True)
 _NIL: Final = msgpack.packb(None)
 _SOURCE_L1: Final = msgpack.packb("source") + msgpack.packb("l1")
 _SOURCE_L2: Final = msgpack.packb("source") + msgpack.packb("l2")
+_L1_HIT_HEAD: Final = _MAP_HEADERS[3] + _K_VALUE
+_L1_HIT_TAIL: Final = _SOURCE_L1 + _K_TTL
 
 
 def _packed_array(items: list[Packed | None]) -> Packed:
@@ -269,11 +271,13 @@ class Cache(CapabilityBase):
         now = time.monotonic()
         if now >= entry.fresh_until:
             return None
-        ttl_ms = _remaining_ms(entry, now)
+        expires_at = entry.expires_at
+        ttl_ms = None if expires_at is None else max(int((expires_at - now) * 1000), 0)
         if refresh_ahead_ms and ttl_ms is not None and ttl_ms < refresh_ahead_ms:
             return None
         self._stats.l1_hits += 1
-        return self._entry(entry.raw, _SOURCE_L1, ttl_ms)
+        # The common reply, {value, source: "l1", ttl_ms}, in three pieces.
+        return Packed(b"".join((_L1_HIT_HEAD, entry.raw, _L1_HIT_TAIL, self._pack(ttl_ms))))
 
     async def _read_l2(self, key: str) -> Packed | None:
         generation = self._guard.begin(key)
