@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lock = commands.add_parser(
         "lock",
+        usage="madsidecar lock [-h] [--ttl-ms N] [--wait-ms N] [--socket P] NAME -- CMD [ARGS...]",
         help="run a command while holding a fleet-wide lock",
         description=LOCK_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"exit status when the lock was not had in time (default {EX_TEMPFAIL})",
     )
     lock.add_argument("--socket", help="socket path [env MADSIDECAR_SOCKET]")
-    lock.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     for name, summary in (("ping", "check that a sidecar answers"), ("stats", "print counters")):
         sub = commands.add_parser(name, help=summary)
@@ -108,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the command `madsidecar lock` runs, untouched.
+    command: list[str] = []
+    if "--" in words:
+        split = words.index("--")
+        words, command = words[:split], words[split + 1 :]
+    args = build_parser().parse_args(words)
+    args.cmd = command
     if args.command == "run":
         return _run(args)
     if args.command == "lock":

@@ -18,7 +18,7 @@ TERM_GRACE_S = 10.0
 
 
 def run_locked(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.cmd
     if not command:
         print(
             "madsidecar lock: no command given (madsidecar lock NAME -- CMD ...)", file=sys.stderr
