@@ -160,9 +160,10 @@ class Method:
         """Validate `given`, fill defaults; `BadRequest` naming the first bad argument."""
         if not given and not self.args:
             return given
-        for name in given:
-            if name not in self._by_name:
-                raise BadRequest(f"{self.name}: unknown argument '{name}'", argument=name)
+        if not self._by_name.keys() >= given.keys():
+            for name in given:
+                if name not in self._by_name:
+                    raise BadRequest(f"{self.name}: unknown argument '{name}'", argument=name)
         bound: dict[str, Any] = {}
         for arg in self.args:
             value = given.get(arg.name, _MISSING)

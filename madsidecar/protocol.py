@@ -178,9 +178,8 @@ class ServerProtocol:
     def response(self, msgid: int, result: Any) -> bytes:
         if type(result) is Packed:
             head: bytes = self._packer.pack(msgid)
-            return b"".join(
-                (HEADER.pack(len(head) + len(result) + 3), b"\x94\x01", head, b"\xc0", result)
-            )
+            size = HEADER.pack(len(head) + len(result) + 3)
+            return b"".join((size, b"\x94\x01", head, b"\xc0", result))
         body: bytes = self._packer.pack((RESPONSE, msgid, None, result))
         return HEADER.pack(len(body)) + body
 

@@ -20,13 +20,17 @@ class CacheKeys:
         self.probe_root = f"{self.value_root}_probe:"
         self.probe = self.probe_root + node_id
         self.channel = f"{key_prefix}cache:invalidate"
+        self._value_scopes: dict[str, str] = {}  # namespace -> its value key prefix
 
     @staticmethod
     def scope(namespace: str) -> str:
         return f"{len(namespace)}:{namespace}:"
 
     def value(self, namespace: str, key: str) -> str:
-        return f"{self.value_root}{len(namespace)}:{namespace}:{key}"
+        root = self._value_scopes.get(namespace)
+        if root is None:
+            root = self._value_scopes[namespace] = self.value_root + self.scope(namespace)
+        return root + key
 
     def lease(self, namespace: str, key: str) -> str:
         return f"{self.lease_root}{len(namespace)}:{namespace}:{key}"
