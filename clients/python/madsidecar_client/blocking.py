@@ -38,6 +38,7 @@ class BlockingClient:
         self.server_info: dict[str, Any] | None = None
         self._proto = ClientProtocol()
         self._sock: socket.socket | None = None
+        self._sock_timeout: float | None = None
         self._replies: dict[int, Response] = {}
         self._waiting: set[int] = set()
         self._notes: collections.deque[Notification] = collections.deque()
@@ -159,6 +160,7 @@ class BlockingClient:
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
         self._sock = sock
+        self._sock_timeout = None
         self._proto.reset()
         self._replies.clear()
         reconnected = self._ever_connected
@@ -179,6 +181,7 @@ class BlockingClient:
         deadline = None if limit is None else time.monotonic() + limit
         view = memoryview(data)
         sock.setblocking(False)
+        self._sock_timeout = 0.0
         try:
             while view:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -198,7 +201,7 @@ class BlockingClient:
                         raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
         finally:
             if self._sock is not None:
-                sock.setblocking(True)
+                self._set_timeout(sock, None)
 
     def _receive_available(self, sock: socket.socket) -> None:
         """Read what a non-blocking socket has, if anything."""
@@ -230,18 +233,27 @@ class BlockingClient:
 
     def _receive(self, sock: socket.socket, deadline: float | None) -> bool:
         """Read once; False when the deadline passed first."""
-        if deadline is not None:
+        if deadline is None:
+            self._set_timeout(sock, None)
+        else:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            sock.settimeout(remaining)
-        else:
-            sock.settimeout(None)
+            # Setting a socket timeout costs a syscall: keep the one set unless a recv
+            # could outlast the deadline, or it is so short that waits would spin.
+            current = self._sock_timeout
+            if current is None or current > remaining or current < remaining / 2:
+                self._set_timeout(sock, remaining)
         try:
             self._recv_once(sock)
         except TimeoutError:
-            return False
+            return deadline is not None and time.monotonic() < deadline
         return True
+
+    def _set_timeout(self, sock: socket.socket, timeout: float | None) -> None:
+        if timeout != self._sock_timeout:
+            sock.settimeout(timeout)
+            self._sock_timeout = timeout
 
     def _absorb(self, data: bytes) -> None:
         for message in self._proto.receive_data(data):
