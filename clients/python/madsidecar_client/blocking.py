@@ -8,6 +8,7 @@ import collections
 import contextlib
 import select
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -17,6 +18,7 @@ from .aio import DEFAULT_TIMEOUT_S, RECONNECT_FIRST_S, RECONNECT_MAX_S, effectiv
 from .errors import CallTimeoutError, ConnectionLostError, ServerError, error_from_map
 
 _READ_SIZE: Final = 256 * 1024
+_TIMEVAL: Final = struct.Struct("@ll")
 
 
 class BlockingClient:
@@ -181,7 +183,6 @@ class BlockingClient:
         deadline = None if limit is None else time.monotonic() + limit
         view = memoryview(data)
         sock.setblocking(False)
-        self._sock_timeout = 0.0
         try:
             while view:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -201,7 +202,7 @@ class BlockingClient:
                         raise ConnectionLostError(f"connection to {self.path} lost: {exc}") from exc
         finally:
             if self._sock is not None:
-                self._set_timeout(sock, None)
+                sock.setblocking(True)
 
     def _receive_available(self, sock: socket.socket) -> None:
         """Read what a non-blocking socket has, if anything."""
@@ -239,21 +240,28 @@ class BlockingClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            # Setting a socket timeout costs a syscall: keep the one set unless a recv
-            # could outlast the deadline, or it is so short that waits would spin.
+            # Changing the timeout costs a syscall: keep the one set unless a recv could
+            # outlast the deadline, or it is so short that waits would spin.
             current = self._sock_timeout
             if current is None or current > remaining or current < remaining / 2:
                 self._set_timeout(sock, remaining)
         try:
             self._recv_once(sock)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             return deadline is not None and time.monotonic() < deadline
         return True
 
     def _set_timeout(self, sock: socket.socket, timeout: float | None) -> None:
-        if timeout != self._sock_timeout:
-            sock.settimeout(timeout)
-            self._sock_timeout = timeout
+        """A kernel-side timeout (SO_RCVTIMEO/SO_SNDTIMEO) on a blocking socket: unlike
+        Python's socket timeouts it needs no poll() before every send and recv."""
+        if timeout == self._sock_timeout:
+            return
+        seconds = 0.0 if timeout is None else max(timeout, 0.001)
+        whole = int(seconds)
+        value = _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        self._sock_timeout = timeout
 
     def _absorb(self, data: bytes) -> None:
         for message in self._proto.receive_data(data):
