@@ -322,6 +322,82 @@ def test_redlock_acquires_exactly_when_a_majority_is_free(masters: int) -> None:
             server.stop()
 
 
+def test_redlock_fences_rise_even_when_the_highest_counter_refuses() -> None:
+    servers = [RedisProcess().start() for _ in range(3)]
+    directs = [redis.Redis(unix_socket_path=s.socket_path) for s in servers]
+    key = LockKeys("msc:").lock("default", "fenced")
+    urls = ",".join(server.url for server in servers)
+    side = SidecarProcess(servers[0].url, extra_args=["--lock-quorum-urls", urls]).start()
+    try:
+        # Master 0's counter runs far ahead of the others (its clock, say).
+        directs[0].set(key + ":fence", 5 * 10**15)  # exact in a Lua double (< 2**53)
+        with side.client() as client:
+            first = acquire(client, "fenced")
+            assert first["acquired"] and first["fence"] > 5 * 10**15
+            client.call("lock.release", {"name": "fenced", "token": first["token"]})
+            directs[0].set(key, "someone-else", px=60_000)  # master 0 now refuses
+            second = acquire(client, "fenced")
+            assert second["acquired"] and second["fence"] > first["fence"]
+    finally:
+        side.stop()
+        for direct in directs:
+            direct.close()
+        for server in servers:
+            server.stop()
+
+
+def test_redlock_without_a_majority_of_masters_is_unavailable() -> None:
+    from madsidecar_client import UnavailableError
+
+    servers = [RedisProcess().start() for _ in range(3)]
+    urls = ",".join(server.url for server in servers)
+    side = SidecarProcess(servers[0].url, extra_args=["--lock-quorum-urls", urls]).start()
+    try:
+        servers[1].kill()
+        servers[2].kill()
+        with side.client() as client:
+            with pytest.raises(UnavailableError):
+                acquire(client, "q")
+            with pytest.raises(UnavailableError):
+                client.call("lock.inspect", {"name": "q"})
+    finally:
+        side.stop()
+        for server in servers:
+            server.stop()
+
+
+def test_a_connection_closed_mid_acquire_leaves_no_lock_behind(
+    nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    import msgpack
+
+    from .rawclient import RawConnection
+
+    a, b = nodes
+    for i in range(100):
+        conn = RawConnection(a.socket_path)
+        conn.send([0, 1, "lock.acquire", [{"name": f"orphan{i % 5}", "ttl_ms": 60_000}]])
+        conn.close()
+    with b.client() as probe:
+        deadline = time.monotonic() + 5
+        while any(probe.call("lock.inspect", {"name": f"orphan{i}"})["held"] for i in range(5)):
+            assert time.monotonic() < deadline, "a lock outlived the connection that took it"
+    assert msgpack  # the raw frames above are MessagePack
+
+
+def test_unrenewed_lease_runs_out_and_the_owner_is_told(
+    nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    a, _ = nodes
+    with a.client() as owner:
+        got = acquire(owner, "short", ttl_ms=300, renew=False)
+        note = owner.next_notification(timeout=5)
+        assert note is not None and note.name == "lock.lost"
+        assert note.payload["token"] == got["token"]
+        assert owner.stats()["locks"]["held"] == 0
+        assert owner.call("lock.inspect", {"name": "short"})["held"] is False
+
+
 # -- madsidecar lock ---------------------------------------------------------------------
 
 

@@ -4,12 +4,14 @@
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, 0, redis.call('PTTL', KEYS[1])}
 end
+-- The fence is the counter plus one, but never below Redis's clock in microseconds: a
+-- counter lost with Redis's data, or rolled back by a failover to a lagging replica or a
+-- restore, still issues fences above every one issued before.
 local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
-  -- A name never locked, or a fence counter lost with Redis's data: start from the
-  -- clock (microseconds), so fences stay above any issued before the loss.
-  local now = redis.call('TIME')
-  fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local now = redis.call('TIME')
+local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if fence < clock then
+  fence = clock
   redis.call('SET', KEYS[2], fence)
 end
 return {1, fence, tonumber(ARGV[2])}

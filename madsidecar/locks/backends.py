@@ -11,7 +11,7 @@ from ..errors import Unavailable
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
 
-SCRIPTS = ("acquire", "release", "extend", "inspect")
+SCRIPTS = ("acquire", "release", "extend", "inspect", "raise_fence")
 
 
 def load_scripts() -> dict[str, LuaScript]:
@@ -47,6 +47,11 @@ def fence_key(lock_key: str) -> str:
     return lock_key + ":fence"
 
 
+def drift_ms(ttl_ms: int) -> float:
+    """redis.io's allowance for clock drift between the masters and us."""
+    return ttl_ms * 0.01 + 2
+
+
 class SingleRedis:
     def __init__(self, gateway: RedisGateway, channel: str) -> None:
         self._gateway = gateway
@@ -77,7 +82,9 @@ class Redlock:
 
     Acquired only with a majority, and only while time remains: validity = ttl - elapsed -
     drift, drift = 1% of ttl + 2 ms. A failed attempt is undone on every master. The fence
-    is the largest counter of the masters that granted it.
+    is the largest counter of the masters that granted it, written back to them as a
+    floor, so the next quorum (which shares at least one of them) issues a larger one.
+    Fewer than a majority answering is UNAVAILABLE, never "held".
     """
 
     def __init__(self, masters: list[RedisGateway], wake: RedisGateway, channel: str) -> None:
@@ -90,16 +97,21 @@ class Redlock:
     async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt:
         started = time.monotonic()
         replies = await self._on_all("acquire", [key, fence_key(key)], [token, ttl_ms])
-        elapsed_ms = (time.monotonic() - started) * 1000
         answered = [r for r in replies if r is not None]
-        if not answered:
-            raise Unavailable("no Redlock master answered", retry_after_ms=50)
         granted = [r for r in answered if r[0]]
-        validity = int(ttl_ms - elapsed_ms - (ttl_ms * 0.01 + 2))
-        if len(granted) >= self._quorum and validity > 0:
-            return Attempt(True, max(int(r[1]) for r in granted), validity)
-        if granted:
-            await self._on_all("release", [key], [token, self._channel])
+        if len(granted) >= self._quorum:
+            fence = max(int(r[1]) for r in granted)
+            raised = await self._on_all("raise_fence", [fence_key(key)], [fence])
+            validity = int(ttl_ms - (time.monotonic() - started) * 1000 - drift_ms(ttl_ms))
+            if sum(r is not None for r in raised) >= self._quorum and validity > 0:
+                return Attempt(True, fence, validity)
+        # Not acquired: undo everywhere (a master that did not answer may have granted).
+        await self._on_all("release", [key], [token, self._channel])
+        if len(answered) < self._quorum:
+            raise Unavailable(
+                f"only {len(answered)} of {len(self._masters)} Redlock masters answered",
+                retry_after_ms=50,
+            )
         holders = [int(r[2]) for r in answered if not r[0] and int(r[2]) > 0]
         return Attempt(False, 0, min(holders) if holders else -1)
 
@@ -112,12 +124,14 @@ class Redlock:
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         replies = await self._on_all("extend", [key], [token, ttl_ms])
+        if sum(r is not None for r in replies) < self._quorum:
+            raise Unavailable("fewer than a majority of Redlock masters answered", 50)
         return sum(bool(r) for r in replies if r is not None) >= self._quorum
 
     async def inspect(self, key: str) -> Inspection:
         replies = [r for r in await self._on_all("inspect", [key, fence_key(key)], []) if r]
-        if not replies:
-            raise Unavailable("no Redlock master answered", retry_after_ms=50)
+        if len(replies) < self._quorum:
+            raise Unavailable("fewer than a majority of Redlock masters answered", 50)
         held = [int(r[0]) for r in replies if int(r[0]) != -2]
         return Inspection(
             held=len(held) >= self._quorum,

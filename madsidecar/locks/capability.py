@@ -24,11 +24,11 @@ from typing import Any, Final
 import structlog
 
 from ..config import Config, quorum_urls, read_redis_password
-from ..errors import SidecarError, Unavailable
+from ..errors import SidecarError
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway, RedisSettings
-from .backends import LockBackend, Redlock, SingleRedis
+from .backends import Attempt, LockBackend, Redlock, SingleRedis, drift_ms
 from .keys import LockKeys
 
 log = structlog.get_logger("madsidecar.locks")
@@ -42,7 +42,7 @@ class Lease:
     name: str
     token: str
     fence: int
-    ttl_ms: int
+    ttl_ms: int  # as asked for; renewals extend by this much
     owner: Client
     valid_until: float  # monotonic: the lease is surely ours until then
     renewer: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -178,9 +178,9 @@ class Locks(CapabilityBase):
             woken = self._wake_on(key)  # before asking: a release in between still wakes us
             started = time.monotonic()
             token = secrets.token_urlsafe(18)
-            attempt = await self._backend.acquire(key, token, args["ttl_ms"])
+            attempt = await self._attempt(key, token, args["ttl_ms"])
             if attempt.acquired:
-                return self._grant(client, key, args, token, attempt.fence, attempt.ttl_ms, started)
+                return self._grant(client, key, args, token, attempt, started)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if args["wait_ms"]:
@@ -193,35 +193,51 @@ class Locks(CapabilityBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), pause)
 
+    async def _attempt(self, key: str, token: str, ttl_ms: int) -> Attempt:
+        """One try, carried through even if the caller is cancelled meanwhile (its
+        connection closed): a lock taken for nobody is released at once."""
+        attempt = asyncio.ensure_future(self._backend.acquire(key, token, ttl_ms))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(lambda done: self._undo(done, key, token))
+            raise
+
+    def _undo(self, done: asyncio.Future[Attempt], key: str, token: str) -> None:
+        if not done.cancelled() and done.exception() is None and done.result().acquired:
+            self._in_background(self._backend.release(key, token))
+
     def _grant(
         self,
         client: Client,
         key: str,
         args: dict[str, Any],
         token: str,
-        fence: int,
-        ttl_ms: int,
+        attempt: Attempt,
         started: float,
     ) -> dict[str, Any]:
-        lease = Lease(key, args["name"], token, fence, ttl_ms, client, started + ttl_ms / 1000)
+        valid_until = started + attempt.ttl_ms / 1000
+        lease = Lease(key, args["name"], token, attempt.fence, args["ttl_ms"], client, valid_until)
         if client.closed:
             # The caller went away while we were asking: nobody can release it but us.
             self._in_background(self._release(lease))
             return {"acquired": False, "ttl_ms": 0}
         self._stats.acquired += 1
         self._leases.setdefault(client.conn_id, {})[key] = lease
-        if args["renew"]:
-            lease.renewer = asyncio.create_task(self._renew(lease), name=f"renew {key}")
-        return {"acquired": True, "token": token, "fence": fence, "ttl_ms": ttl_ms}
+        keeper = self._renew(lease) if args["renew"] else self._expire(lease)
+        lease.renewer = asyncio.create_task(keeper, name=f"lease {key}")
+        return {"acquired": True, "token": token, "fence": attempt.fence, "ttl_ms": attempt.ttl_ms}
 
     async def release(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         key = self._keys.lock(client.namespace, args["name"])
+        released = await self._backend.release(key, args["token"])
+        # Forgotten only now: had Redis not answered, the lease would still be renewed,
+        # and released when the connection closes.
         owned = self._leases.get(client.conn_id, {})
         lease = owned.get(key)
         if lease is not None and lease.token == args["token"]:
             del owned[key]
             self._stop_renewing(lease)
-        released = await self._backend.release(key, args["token"])
         if released:
             self._stats.released += 1
             self._wake(key)
@@ -234,7 +250,7 @@ class Locks(CapabilityBase):
         lease = self._leases.get(client.conn_id, {}).get(key)
         if extended and lease is not None and lease.token == args["token"]:
             lease.ttl_ms = args["ttl_ms"]
-            lease.valid_until = started + args["ttl_ms"] / 1000
+            lease.valid_until = started + self._validity_s(args["ttl_ms"])
         return {"extended": extended, "ttl_ms": args["ttl_ms"] if extended else 0}
 
     async def inspect(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -244,20 +260,37 @@ class Locks(CapabilityBase):
     # -- leases ---------------------------------------------------------------------------
 
     async def _renew(self, lease: Lease) -> None:
+        delay = lease.ttl_ms / 3000
         while True:
-            await asyncio.sleep(max(lease.ttl_ms / 3000, MIN_RENEW_S))
+            await asyncio.sleep(max(delay, MIN_RENEW_S))
             started = time.monotonic()
             try:
                 still_ours = await self._backend.extend(lease.key, lease.token, lease.ttl_ms)
-            except SidecarError as exc:
-                if time.monotonic() < lease.valid_until:
-                    continue  # try again while the lease is surely still ours
-                self._lose(lease, f"could not renew before the lease ran out: {exc.message}")
-                return
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, SidecarError) else repr(exc)
+                left = lease.valid_until - time.monotonic()
+                # Say so while the lease still stands, not after: the owner must stop in time.
+                if left <= lease.ttl_ms / 10000:
+                    self._lose(
+                        lease, f"could not renew, {max(left, 0) * 1000:.0f} ms left: {reason}"
+                    )
+                    return
+                delay = min(lease.ttl_ms / 3000, left / 2)
+                continue
             if not still_ours:
                 self._lose(lease, "the lease expired or was taken over")
                 return
-            lease.valid_until = started + lease.ttl_ms / 1000
+            lease.valid_until = started + self._validity_s(lease.ttl_ms)
+            delay = lease.ttl_ms / 3000
+
+    async def _expire(self, lease: Lease) -> None:
+        """renew=false: the lease simply runs out, and its owner is told."""
+        await asyncio.sleep(max(lease.valid_until - time.monotonic(), 0))
+        self._lose(lease, "the lease ran out (renew=false)")
+
+    def _validity_s(self, ttl_ms: int) -> float:
+        drift = drift_ms(ttl_ms) if isinstance(self._backend, Redlock) else 0
+        return (ttl_ms - drift) / 1000
 
     def _lose(self, lease: Lease, reason: str) -> None:
         owned = self._leases.get(lease.owner.conn_id, {})
@@ -280,8 +313,11 @@ class Locks(CapabilityBase):
             if await self._backend.release(lease.key, lease.token):
                 self._stats.released += 1
                 self._wake(lease.key)
-        except Unavailable:
-            log.warning("lock_release_failed", name=lease.name, expires_in_ms=lease.ttl_ms)
+        except Exception as exc:
+            left_ms = max(int((lease.valid_until - time.monotonic()) * 1000), 0)
+            log.warning(
+                "lock_release_failed", name=lease.name, expires_in_ms=left_ms, reason=str(exc)
+            )
 
     # -- waiting --------------------------------------------------------------------------
 
