@@ -6,6 +6,9 @@ client; the sidecar is measured through the same raw client (the daemon's own co
 through the Python SDK (what a service sees). The cache is measured against redis-py
 straight to the same Redis: L1 hits on the sidecar itself, L2 reads on a second sidecar
 whose L1 is off, and L1's memory on a third, fresh one loaded with 100,000 entries.
+Locks are measured against redis-py's asyncio Lock and pottery's Redlock on the same
+Redis: uncontended acquire+release cycles, fairness among 16 waiters, and the wake-up of
+the next holder (on one sidecar, and across the first two as two nodes).
 Rounds are interleaved, so slow drift of a noisy machine lands on every row alike and the
 ratios stay comparable.
 """
@@ -59,6 +62,17 @@ DEFAULT_L1_MAX_ENTRIES = 100_000  # the sidecar's default l1_max_entries
 L1_OFF_SETTINGS: dict[str, object] = {"l1_max_entries": 0, "node_id": "bench-l1-off"}
 L1_MEMORY_SETTINGS: dict[str, object] = {"key_prefix": "mscmem:", "node_id": "bench-l1-memory"}
 
+# Locks: uncontended acquire+release cycles over LOCK_NAMES names against redis-py's asyncio
+# Lock and pottery's Redlock (one master); LOCK_WAITERS waiters on one name, each holding it
+# 5 ms, must each get at least half the mean share; the wake-up from a release to the next
+# holder's acquire returning, on one sidecar and across two (two nodes, one Redis).
+LOCK_NAMES = 16
+LOCK_WAITERS = 16
+TARGET_LOCK_REDIS_PY_RATIO = 3.0  # at least
+TARGET_LOCK_POTTERY_RATIO = 10.0  # at least
+TARGET_LOCK_FAIR_SHARE = 0.5  # at least: fewest acquisitions of a waiter / the mean
+TARGET_LOCK_WAKEUP_P50_MS = 2.0  # at most
+
 # Ratio targets, checked in every placement measured: (label, row, baseline row, figure,
 # op, target); rows are keyed `<row>@<placement>`.
 RATIO_TARGETS = (
@@ -80,6 +94,19 @@ RATIO_TARGETS = (
      "msgs_per_s", ">=", TARGET_L1_PIPELINE_RATIO),
     ("cache.get L2 tasks / redis-py GET tasks, Client", "sdk_l2_tasks", "redis_get_tasks",
      "msgs_per_s", ">=", TARGET_L2_TASKS_RATIO),
+    (f"lock acquire+release / redis-py Lock, {LOCK_NAMES} names", "sdk_lock_cycles",
+     "redis_lock_cycles", "msgs_per_s", ">=", TARGET_LOCK_REDIS_PY_RATIO),
+    (f"lock acquire+release / pottery Redlock, {LOCK_NAMES} names", "sdk_lock_cycles",
+     "pottery_lock_cycles", "msgs_per_s", ">=", TARGET_LOCK_POTTERY_RATIO),
+)  # fmt: skip
+# Absolute lock targets: (label, row, what, op, target, unit).
+LOCK_TARGETS = (
+    (f"lock fairness, {LOCK_WAITERS} waiters: fewest acquisitions / mean", "sdk_lock_fair",
+     "min_over_mean", ">=", TARGET_LOCK_FAIR_SHARE, ""),
+    ("lock wake-up p50, one sidecar", "sdk_lock_wakeup", "p50_ms", "<=",
+     TARGET_LOCK_WAKEUP_P50_MS, " ms"),
+    ("lock wake-up p50, two sidecars", "sdk_lock_wakeup_2nodes", "p50_ms", "<=",
+     TARGET_LOCK_WAKEUP_P50_MS, " ms"),
 )  # fmt: skip
 
 PLACEMENTS = {
@@ -105,7 +132,8 @@ class Spec:
     server: str
     client: str
     workload: str
-    kind: str  # "latency" (samples in ns) or "rate" ((messages, elapsed ns))
+    kind: str  # "latency" (samples in ns), "rate" ((messages, elapsed ns)) or "fairness"
+    # ((acquisitions per waiter, elapsed ns, acquires timed out))
     run: Callable[[float, float], Any]  # (warmup_s, duration_s)
     baseline: str | None = None
     baseline_name: str = ""
@@ -118,6 +146,8 @@ class Outcome:
     samples: list[int] = field(default_factory=list)
     round_p50_us: list[float] = field(default_factory=list)
     round_rates: list[float] = field(default_factory=list)
+    round_counts: list[list[int]] = field(default_factory=list)  # fairness: per waiter
+    timeouts: int = 0
     calls: int = 0
     cpu_ns: dict[str, int] = field(default_factory=dict)
 
@@ -132,6 +162,18 @@ class Outcome:
             p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
             self.round_p50_us.append(p50)
             return f"p50 {p50:7.1f} us  p99 {p99:7.1f} us  ({len(samples):,} calls)"
+        if self.spec.kind == "fairness":
+            counts, elapsed_ns, timeouts = value
+            self.round_counts.append(list(counts))
+            self.timeouts += timeouts
+            self.calls += sum(counts)
+            rate = sum(counts) * 1e9 / elapsed_ns
+            self.round_rates.append(rate)
+            mean = sum(counts) / len(counts)
+            return (
+                f"{rate:11,.1f} acquisitions/s; per waiter min {min(counts)} mean {mean:.1f} "
+                f"max {max(counts)}" + (f"; {timeouts} acquires timed out" if timeouts else "")
+            )
         messages, elapsed_ns = value
         rate = messages * 1e9 / elapsed_ns
         self.calls += messages
@@ -160,6 +202,27 @@ class Outcome:
                 "spread": spread(self.round_p50_us),
                 "cpu_us_per_msg": self.cpu_us_per_msg(),
             }
+        if self.spec.kind == "fairness":
+            # Each round is one run of fixed duration; the figures are its worst round's
+            # (pooled rounds would hide a waiter starved in every round by another one).
+            shares = [share(counts) for counts in self.round_counts]
+            worst = self.round_counts[shares.index(min(shares))]
+            return {
+                "kind": "fairness",
+                "msgs_per_s": round(median(self.round_rates), 1),
+                "acquisitions": self.calls,
+                "waiters": len(worst),
+                "min": min(worst),
+                "mean": round(sum(worst) / len(worst), 2),
+                "max": max(worst),
+                "min_over_mean": round(min(shares), 3),
+                "round_min_over_mean": [round(v, 3) for v in shares],
+                "round_per_waiter": self.round_counts,
+                "timeouts": self.timeouts,
+                "round_msgs_per_s": [round(v, 1) for v in self.round_rates],
+                "spread": spread(self.round_rates),
+                "cpu_us_per_msg": self.cpu_us_per_msg(),
+            }
         return {
             "kind": "rate",
             "msgs_per_s": round(median(self.round_rates)),
@@ -176,6 +239,12 @@ def percentile(ordered_ns: list[int], pct: float) -> float:
         return float("nan")
     rank = max(1, -(-len(ordered_ns) * pct // 100))  # ceil(n * pct / 100)
     return ordered_ns[int(rank) - 1] / 1000
+
+
+def share(counts: list[int]) -> float:
+    """Fairness: the fewest acquisitions of a waiter over the mean (0 when none)."""
+    mean = sum(counts) / len(counts) if counts else 0
+    return min(counts) / mean if mean else 0.0
 
 
 def median(values: list[float]) -> float:
@@ -275,6 +344,52 @@ def l2_specs(placement: str, l1_off: Sidecar, redis: Redis, tasks: int) -> list[
              p(w.aio_l2_concurrent, l1_off.socket_path, tasks), many, "redis-py",
              meter="sidecar_l1_off"),
     ]  # fmt: skip
+
+
+def lock_specs(
+    placement: str, sidecar: Sidecar, second: Sidecar, redis: Redis, pottery: bool
+) -> list[Spec]:
+    """Locks through the sidecar against redis-py's asyncio Lock and pottery's Redlock:
+    uncontended cycles, fairness under contention, and the wake-up of the next holder."""
+    w = workloads
+    p = functools.partial
+    cycles, fair = f"redis_lock_cycles@{placement}", f"redis_lock_fair@{placement}"
+    side, names, waiters = sidecar.socket_path, LOCK_NAMES, LOCK_WAITERS
+    specs = [
+        Spec(cycles, placement, "redis", "redis-py asyncio", f"Lock acq+rel, {names} names",
+             "rate", p(w.redis_lock_cycles, redis.socket_path, names)),
+        Spec(f"pottery_lock_cycles@{placement}", placement, "redis", "pottery (sync)",
+             f"Redlock acq+rel, {names} names", "rate",
+             p(w.pottery_lock_cycles, redis.socket_path, names)),
+        Spec(f"sdk_lock_cycles@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"lock acq+rel, {names} names", "rate", p(w.aio_lock_cycles, side, names),
+             cycles, "redis-py"),
+        Spec(f"sdk_lock_cycles_pipe@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"lock acq+rel, pipelined {names}", "rate",
+             p(w.aio_lock_cycles_pipelined, side, names), cycles, "redis-py"),
+        Spec(fair, placement, "redis", "redis-py asyncio", f"Lock, {waiters} waiters, 5 ms",
+             "fairness", p(w.redis_lock_fairness, redis.socket_path, waiters)),
+        Spec(f"sdk_lock_fair@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"lock, {waiters} waiters, 5 ms", "fairness",
+             p(w.aio_lock_fairness, (side,), waiters), fair, "redis-py"),
+        Spec(f"sdk_lock_fair_2nodes@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"lock, {waiters} on 2 nodes, 5 ms", "fairness",
+             p(w.aio_lock_fairness, (side, second.socket_path), waiters), fair, "redis-py"),
+        Spec(f"sdk_lock_wakeup@{placement}", placement, "sidecar", "Client (uvloop)",
+             "lock wake-up, one node", "latency", p(w.aio_lock_wakeup, side, side)),
+        Spec(f"sdk_lock_wakeup_2nodes@{placement}", placement, "sidecar", "Client (uvloop)",
+             "lock wake-up, two nodes", "latency",
+             p(w.aio_lock_wakeup, side, second.socket_path)),
+    ]  # fmt: skip
+    return [spec for spec in specs if pottery or not spec.key.startswith("pottery_")]
+
+
+def have_pottery() -> bool:
+    try:
+        import pottery  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -433,6 +548,7 @@ def environment() -> dict[str, Any]:
         "msgpack": version("msgpack"),
         "redis_py": version("redis"),
         "hiredis": version("hiredis"),
+        "pottery": version("pottery"),
         "redis_server": redis_server,
         "loadavg_before": list(os.getloadavg()),
     }
@@ -454,6 +570,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     exit_statuses: dict[str, int | None] = {}
     watchdog: Watchdog | None = None
     load_memory = args.cache_entries > 0 and (not args.only or args.only in "l1_memory")
+    pottery = have_pottery()
+    if not pottery:
+        progress("pottery is not installed (`pip install -e '.[test]'`): no Redlock row")
     try:
         progress("starting redis-server, echo server, sidecar and a second sidecar with L1 off")
         redis.start()
@@ -485,6 +604,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if number == 0:
                 specs += redis_specs(placement, sidecar, redis, args.tasks)
             specs += l2_specs(placement, l1_off, redis, args.tasks)
+            if number == 0:
+                specs += lock_specs(placement, sidecar, l1_off, redis, pottery)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}
@@ -610,6 +731,11 @@ def evaluate(
                 f"{label}, {placement}",
                 ratio(f"{key}@{placement}", f"{base}@{placement}", field_name), op, target,
             )  # fmt: skip
+        for label, key, what, op, target, unit in LOCK_TARGETS:
+            row = results.get(f"{key}@{placement}")
+            if row is not None:
+                value = row["p50_us"] / 1000 if what == "p50_ms" else row[what]
+                check(f"{label}, {placement}", value, op, target, unit)
     for moment in ("after_start", "after_runs"):
         sample = memory.get(f"sidecar_{moment}")
         if sample:
@@ -638,6 +764,47 @@ def l1_floors(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return floors
 
 
+def lock_notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """What the lock rows' ratio column cannot hold: pottery's ratio, the shares."""
+    lines = []
+    for key, row in results.items():
+        name, _, placement = key.partition("@")
+        if name in ("sdk_lock_cycles", "sdk_lock_cycles_pipe"):
+            against = [
+                f"{row['msgs_per_s'] / results[base]['msgs_per_s']:.2f}x {label}"
+                for base, label in (
+                    (f"redis_lock_cycles@{placement}", "redis-py Lock"),
+                    (f"pottery_lock_cycles@{placement}", "pottery Redlock"),
+                )
+                if base in results
+            ]
+            how = "pipelined" if name.endswith("_pipe") else "one task per name"
+            lines.append(
+                f"lock acq+rel ({placement}, {how}): acquire (wait_ms 0) + release cycles/s = "
+                f"{', '.join(against)}"
+            )
+    who = {
+        "sdk_lock_fair": "sidecar",
+        "sdk_lock_fair_2nodes": "two sidecars",
+        "redis_lock_fair": "redis-py Lock, sleep 1 ms",
+    }
+    for key, row in results.items():
+        name, _, placement = key.partition("@")
+        if row["kind"] == "fairness":
+            lines.append(
+                f"lock fairness ({placement}, {who.get(name, name)}): acquisitions per waiter "
+                f"in the worst round: min {row['min']} / mean {row['mean']:.1f} / max "
+                f"{row['max']}"
+                + (f", {row['timeouts']} acquires timed out" if row["timeouts"] else "")
+            )
+    if any(key.startswith("sdk_lock_wakeup") for key in results):
+        lines.append(
+            "lock wake-up: release sent -> the waiting holder's acquire returned, two Clients "
+            "handing one lock back and forth (two nodes: the second on the L1-off sidecar)"
+        )
+    return lines
+
+
 def render(
     outcomes: dict[str, Outcome],
     results: dict[str, dict[str, Any]],
@@ -663,7 +830,9 @@ def render(
             figures = f"{'':>6} {'':>6} {res['msgs_per_s']:>9,}"
             field_name = "msgs_per_s"
         ratio = ""
-        if spec.baseline in results:
+        if spec.kind == "fairness":
+            ratio = f"min/mean {res['min_over_mean']:.2f}"
+        elif spec.baseline in results:
             value = res[field_name] / results[spec.baseline][field_name]
             ratio = f"{value:.2f}x {spec.baseline_name}"
         spread_text = "-" if res["spread"] is None else f"{res['spread'] * 100:.0f}%"
@@ -682,6 +851,7 @@ def render(
     lines.append("spread: (max - min) / median of the per-round p50 or msgs/s")
     if any(outcome.spec.key.startswith("sdk_l2_") for outcome in outcomes.values()):
         lines.append("cache.get L2: a second sidecar with l1_max_entries = 0, on the same Redis")
+    lines += lock_notes(results)
     floors = l1_floors(results)
     if floors:
         lines.append(
@@ -759,6 +929,11 @@ def main(argv: list[str] | None = None) -> int:
             "tasks": args.tasks,
             "cache_entries": args.cache_entries,
             "placement": args.placement,
+            "lock_names": LOCK_NAMES,
+            "lock_waiters": LOCK_WAITERS,
+            "lock_hold_ms": workloads.LOCK_HOLD_S * 1000,
+            "lock_wakeup_hold_ms": workloads.WAKEUP_HOLD_S * 1000,
+            "redis_py_lock_sleep_ms": workloads.REDIS_LOCK_SLEEP_S * 1000,
         },
         "environment": raw["environment"],
         "results": {

@@ -2,8 +2,9 @@
 
 Latency workloads return a list of round-trip times in ns (time.perf_counter_ns, one
 sample per call, taken back to back so the loop itself is inside the figure). Throughput
-workloads return (messages completed, elapsed ns) over a fixed duration. Every workload
-opens its own connection, warms it up for `warmup_s`, then measures for `duration_s`.
+workloads return (messages completed, elapsed ns) over a fixed duration; the lock fairness
+ones (acquisitions per waiter, elapsed ns, acquires timed out). Every workload opens its
+own connection(s), warms up for `warmup_s`, then measures for `duration_s`.
 """
 
 from __future__ import annotations
@@ -609,3 +610,326 @@ def load_l1(path: str, entries: int, batch: int) -> dict[str, Any]:
             "get_s": round(time.perf_counter() - started, 2),
             "get_passes": passes,
         }
+
+
+# -- locks -----------------------------------------------------------------------------
+#
+# Every lock row runs `tasks` (or `waiters`) coroutines in this process. A sidecar lock is
+# `lock.acquire {name, ttl_ms: 30000, wait_ms, renew: true}` (renewal on, the default) and
+# `lock.release {name, token}`; redis-py's is `redis.asyncio.lock.Lock` with the same TTL;
+# pottery's is `Redlock` on one master. Each library gets its own key names.
+
+LOCK_NAME = "bench:lock:{}"
+REDIS_LOCK_NAME = "bench:rlock:{}"
+POTTERY_LOCK_NAME = "bench:plock:{}"
+LOCK_TTL_MS = 30_000
+LOCK_WAIT_MS = 10_000  # a waiter's wait_ms: far longer than any wait these rows expect
+LOCK_HOLD_S = 0.005  # fairness: every waiter holds the lock this long
+WAKEUP_HOLD_S = 0.002  # wake-up: the holder keeps the lock this long once the other asks
+REDIS_LOCK_SLEEP_S = 0.001  # redis-py Lock's poll interval in the fairness row (default 0.1)
+LOCK_DRAIN_TIMEOUT_S = 30.0
+
+# A lock's (acquire, release): acquire returns a handle for release, or None when it ran out
+# of time without the lock.
+Acquire = Callable[[], Awaitable[Any]]
+Release = Callable[[Any], Awaitable[None]]
+
+
+def _sidecar_lock(client: Any, name: str, wait_ms: int) -> tuple[Acquire, Release]:
+    acquire_params = {"name": name, "ttl_ms": LOCK_TTL_MS, "wait_ms": wait_ms}
+
+    async def acquire() -> str | None:
+        got = await client.call("lock.acquire", acquire_params)
+        return got["token"] if got["acquired"] else None
+
+    async def release(token: str) -> None:
+        if not (await client.call("lock.release", {"name": name, "token": token}))["released"]:
+            raise BenchError(f"lock.release of {name!r} found the lock no longer held")
+
+    return acquire, release
+
+
+def _redis_lock(client: Any, name: str, sleep_s: float = 0.1) -> tuple[Acquire, Release]:
+    lock = client.lock(name, timeout=LOCK_TTL_MS / 1000, sleep=sleep_s)
+
+    async def acquire() -> bool | None:
+        return True if await lock.acquire(blocking=True) else None
+
+    async def release(_: object) -> None:
+        await lock.release()
+
+    return acquire, release
+
+
+async def _lock_cycles(locks: Sequence[tuple[Acquire, Release]], warmup_s: float,
+                       duration_s: float) -> tuple[int, int]:  # fmt: skip
+    """One task per lock, each acquiring (no wait) and releasing it in a loop: completed
+    acquire+release cycles in the measured window."""
+
+    def cycle(acquire: Acquire, release: Release) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            handle = await acquire()
+            if not handle:
+                raise BenchError("an uncontended lock was not acquired")
+            await release(handle)
+
+        return run
+
+    return await aconcurrent_rate([cycle(*lock) for lock in locks], warmup_s, duration_s)
+
+
+def aio_lock_cycles(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks over one connection, each on its own name: `lock.acquire` with
+    wait_ms 0, then `lock.release`, in a loop."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        try:
+            locks = [_sidecar_lock(client, LOCK_NAME.format(i), 0) for i in range(tasks)]
+            return await _lock_cycles(locks, warmup_s, duration_s)
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def aio_lock_cycles_pipelined(
+    path: str, names: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """`lock.acquire` (wait_ms 0) of `names` names in one `Client.pipeline`, then their
+    `lock.release`s in another, in a loop: a service locking a batch of resources."""
+    from madsidecar_client import Client
+
+    keys = [LOCK_NAME.format(f"p{i}") for i in range(names)]
+    acquires: list[tuple[str, dict[str, Any] | None]] = [
+        ("lock.acquire", {"name": key, "ttl_ms": LOCK_TTL_MS, "wait_ms": 0}) for key in keys
+    ]
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+
+        async def batch() -> None:
+            got = await client.pipeline(acquires)
+            if not all(isinstance(g, dict) and g["acquired"] for g in got):
+                raise BenchError(f"an uncontended lock was not acquired: {got!r:.200}")
+            releases: list[tuple[str, dict[str, Any] | None]] = [
+                ("lock.release", {"name": key, "token": g["token"]})
+                for key, g in zip(keys, got, strict=True)
+            ]
+            if not all(
+                isinstance(r, dict) and r["released"] for r in await client.pipeline(releases)
+            ):
+                raise BenchError("a pipelined lock.release found the lock no longer held")
+
+        try:
+            return await arate_loop(batch, names, warmup_s, duration_s)
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def redis_lock_cycles(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks over one `redis.asyncio.Redis` (its pool), each with a
+    `redis.asyncio.lock.Lock` of its own name: `acquire(blocking=False)`, `release()`."""
+
+    async def run() -> tuple[int, int]:
+        client = _redis(path)
+        try:
+            locks = []
+            for i in range(tasks):
+                lock = client.lock(REDIS_LOCK_NAME.format(i), timeout=LOCK_TTL_MS / 1000)
+                locks.append((functools.partial(lock.acquire, blocking=False), _release(lock)))
+            return await _lock_cycles(locks, warmup_s, duration_s)
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+def _release(lock: Any) -> Release:
+    async def release(_: object) -> None:
+        await lock.release()
+
+    return release
+
+
+def pottery_lock_cycles(
+    path: str, names: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """pottery's `Redlock` with one master (a synchronous `redis.Redis`), one thread going
+    round `names` locks: `acquire(blocking=False)`, `release()`."""
+    import redis
+    from pottery import Redlock
+
+    master = redis.Redis(unix_socket_path=path, socket_timeout=10)
+    locks = [
+        Redlock(key=POTTERY_LOCK_NAME.format(i), masters={master},
+                auto_release_time=LOCK_TTL_MS / 1000)
+        for i in range(names)
+    ]  # fmt: skip
+    turn = [0]
+
+    def cycle() -> None:
+        lock = locks[turn[0] % names]
+        turn[0] += 1
+        if not lock.acquire(blocking=False):
+            raise BenchError("an uncontended pottery Redlock was not acquired")
+        lock.release()
+
+    try:
+        return rate_loop(cycle, 1, warmup_s, duration_s)
+    finally:
+        master.close()
+
+
+async def _fair_share(
+    waiters: Sequence[tuple[Acquire, Release]], hold_s: float, warmup_s: float, duration_s: float
+) -> tuple[list[int], int, int]:
+    """Every waiter acquires the one lock (waiting), holds it `hold_s`, releases, repeats.
+    (acquisitions per waiter in the measured window, elapsed ns, acquires that timed out).
+    Fails if two waiters ever hold the lock at once."""
+    state: dict[str, Any] = {"stop": False, "counting": False, "holder": None, "timeouts": 0}
+    counts = [0] * len(waiters)
+
+    async def waiter(me: int, acquire: Acquire, release: Release) -> None:
+        while not state["stop"]:
+            handle = await acquire()
+            if handle is None:
+                state["timeouts"] += 1
+                continue
+            if state["holder"] is not None:
+                raise BenchError(f"waiters {state['holder']} and {me} hold the lock at once")
+            state["holder"] = me
+            if state["counting"]:
+                counts[me] += 1
+            await asyncio.sleep(hold_s)
+            state["holder"] = None
+            await release(handle)
+
+    tasks = [asyncio.create_task(waiter(i, *pair)) for i, pair in enumerate(waiters)]
+    try:
+        await asyncio.sleep(warmup_s)
+        METER.begin()
+        state["counting"] = True
+        started = time.perf_counter_ns()
+        await asyncio.sleep(duration_s)
+        state["counting"] = False
+        elapsed = time.perf_counter_ns() - started
+        METER.end()
+        state["stop"] = True
+        await asyncio.wait_for(asyncio.gather(*tasks), LOCK_DRAIN_TIMEOUT_S)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return counts, elapsed, state["timeouts"]
+
+
+def aio_lock_fairness(
+    paths: Sequence[str], waiters: int, warmup_s: float, duration_s: float
+) -> tuple[list[int], int, int]:
+    """`waiters` connections (a Client each, spread round-robin over the sidecars of
+    `paths`) on one name, each `lock.acquire` with wait_ms 10 s, hold 5 ms,
+    `lock.release`, in a loop."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[list[int], int, int]:
+        clients = [await Client.connect(paths[i % len(paths)]) for i in range(waiters)]
+        try:
+            name = LOCK_NAME.format(f"fair{len(paths)}")
+            pairs = [_sidecar_lock(client, name, LOCK_WAIT_MS) for client in clients]
+            return await _fair_share(pairs, LOCK_HOLD_S, warmup_s, duration_s)
+        finally:
+            for client in clients:
+                await client.close()
+
+    return uvloop.run(run())
+
+
+def redis_lock_fairness(
+    path: str, waiters: int, warmup_s: float, duration_s: float
+) -> tuple[list[int], int, int]:
+    """`waiters` tasks over one `redis.asyncio.Redis`, each with its own `Lock` object on one
+    name, `sleep` = 1 ms (its poll interval), blocking without a timeout."""
+
+    async def run() -> tuple[list[int], int, int]:
+        client = _redis(path)
+        try:
+            name = REDIS_LOCK_NAME.format("fair")
+            pairs = [_redis_lock(client, name, REDIS_LOCK_SLEEP_S) for _ in range(waiters)]
+            return await _fair_share(pairs, LOCK_HOLD_S, warmup_s, duration_s)
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+async def _ping_pong(
+    sides: tuple[tuple[Acquire, Release], tuple[Acquire, Release]],
+    hold_s: float,
+    warmup_s: float,
+    duration_s: float,
+) -> list[int]:
+    """Two holders hand one lock back and forth. The holder lets the other ask (it waits),
+    keeps the lock `hold_s` more, notes the time and releases; the other notes the time its
+    acquire returns. One sample per hand-over: release sent -> next acquire returned, ns."""
+    clock = time.perf_counter_ns
+    state: dict[str, Any] = {"stop": False, "recording": False, "released_at": 0}
+    may_ask = (asyncio.Event(), asyncio.Event())  # side i may ask: the other holds the lock
+    samples: list[int] = []
+
+    async def side(me: int, acquire: Acquire, release: Release) -> None:
+        other = 1 - me
+        if me == 1:
+            await may_ask[me].wait()
+        while True:
+            handle = await acquire()
+            acquired_at = clock()
+            if handle is None:
+                raise BenchError(f"a lock waiter ran out of its {LOCK_WAIT_MS} ms")
+            if state["recording"] and state["released_at"]:
+                samples.append(acquired_at - state["released_at"])
+            state["released_at"] = 0
+            may_ask[me].clear()
+            may_ask[other].set()
+            if state["stop"]:
+                await release(handle)
+                return
+            await asyncio.sleep(hold_s)  # the other's acquire is waiting by now
+            state["released_at"] = clock()
+            await release(handle)
+            await may_ask[me].wait()
+
+    tasks = [asyncio.create_task(side(i, *pair)) for i, pair in enumerate(sides)]
+    try:
+        await asyncio.sleep(warmup_s)
+        METER.begin()
+        state["recording"] = True
+        await asyncio.sleep(duration_s)
+        state["recording"] = False
+        METER.end()
+        state["stop"] = True
+        await asyncio.wait_for(asyncio.gather(*tasks), LOCK_DRAIN_TIMEOUT_S)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return samples
+
+
+def aio_lock_wakeup(first: str, second: str, warmup_s: float, duration_s: float) -> list[int]:
+    """Two Clients, on sidecar `first` and sidecar `second` (the same one, or two nodes on
+    one Redis), hand one lock back and forth with wait_ms 10 s: release -> acquired, ns."""
+    from madsidecar_client import Client
+
+    async def run() -> list[int]:
+        a, b = await Client.connect(first), await Client.connect(second)
+        try:
+            name = LOCK_NAME.format("wakeup")
+            sides = (_sidecar_lock(a, name, LOCK_WAIT_MS), _sidecar_lock(b, name, LOCK_WAIT_MS))
+            return await _ping_pong(sides, WAKEUP_HOLD_S, warmup_s, duration_s)
+        finally:
+            await a.close()
+            await b.close()
+
+    return uvloop.run(run())
