@@ -34,7 +34,9 @@ class Inspection:
 
 
 class LockBackend(Protocol):
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt: ...
+    async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
+        """`waiting_ms` > 0: the caller will wait, so flag it for that long."""
+        ...
 
     async def release(self, key: str, token: str) -> bool: ...
 
@@ -45,6 +47,10 @@ class LockBackend(Protocol):
 
 def fence_key(lock_key: str) -> str:
     return lock_key + ":fence"
+
+
+def waiters_key(lock_key: str) -> str:
+    return lock_key + ":waiters"
 
 
 def drift_ms(ttl_ms: int) -> float:
@@ -58,15 +64,17 @@ class SingleRedis:
         self._channel = channel
         self._scripts = load_scripts()
 
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt:
+    async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
         ok, fence, ttl = await self._scripts["acquire"].run(
-            self._gateway, [key, fence_key(key)], [token, ttl_ms]
+            self._gateway, [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
         )
         return Attempt(bool(ok), int(fence), int(ttl))
 
     async def release(self, key: str, token: str) -> bool:
         return bool(
-            await self._scripts["release"].run(self._gateway, [key], [token, self._channel])
+            await self._scripts["release"].run(
+                self._gateway, [key, waiters_key(key)], [token, self._channel]
+            )
         )
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -94,9 +102,11 @@ class Redlock:
         self._channel = channel
         self._scripts = load_scripts()
 
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> Attempt:
+    async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
         started = time.monotonic()
-        replies = await self._on_all("acquire", [key, fence_key(key)], [token, ttl_ms])
+        replies = await self._on_all(
+            "acquire", [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
+        )
         answered = [r for r in replies if r is not None]
         granted = [r for r in answered if r[0]]
         if len(granted) >= self._quorum:
@@ -106,7 +116,7 @@ class Redlock:
             if sum(r is not None for r in raised) >= self._quorum and validity > 0:
                 return Attempt(True, fence, validity)
         # Not acquired: undo everywhere (a master that did not answer may have granted).
-        await self._on_all("release", [key], [token, self._channel])
+        await self._on_all("release", [key, waiters_key(key)], [token, self._channel])
         if len(answered) < self._quorum:
             raise Unavailable(
                 f"only {len(answered)} of {len(self._masters)} Redlock masters answered",
@@ -116,11 +126,11 @@ class Redlock:
         return Attempt(False, 0, min(holders) if holders else -1)
 
     async def release(self, key: str, token: str) -> bool:
-        replies = await self._on_all("release", [key], [token, self._channel])
-        released = any(bool(r) for r in replies if r is not None)
-        if released:
+        replies = await self._on_all("release", [key, waiters_key(key)], [token, self._channel])
+        # The masters publish on themselves; the fleet listens on the shared Redis.
+        if any(r == 2 for r in replies):
             await self._wake.execute("PUBLISH", self._channel, key)
-        return released
+        return any(bool(r) for r in replies if r is not None)
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         replies = await self._on_all("extend", [key], [token, ttl_ms])

@@ -45,7 +45,10 @@ class Lease:
     ttl_ms: int  # as asked for; renewals extend by this much
     owner: Client
     valid_until: float  # monotonic: the lease is surely ours until then
+    # A timer until renewal is due; the renewal itself runs as a task then.
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+    renew: bool = True
 
 
 class LockStats:
@@ -87,6 +90,8 @@ class Locks(CapabilityBase):
         self._wakes: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stats = LockStats()
+        # A waiting head retries at least every lock_retry_max_ms, renewing its flag.
+        self._waiter_flag_ms = 2 * config.lock_retry_max_ms + 1000
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -148,10 +153,18 @@ class Locks(CapabilityBase):
 
     async def acquire(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         key = self._keys.lock(client.namespace, args["name"])
-        if args["wait_ms"] == 0 and key in self._queues:
-            # Callers already waiting on this node come first.
-            inspection = await self._backend.inspect(key)
-            return {"acquired": False, "ttl_ms": inspection.ttl_ms}
+        if args["wait_ms"] == 0:
+            if key in self._queues:
+                # Callers already waiting on this node come first.
+                inspection = await self._backend.inspect(key)
+                return {"acquired": False, "ttl_ms": inspection.ttl_ms}
+            # A try: one attempt, no queue, nothing to wake.
+            started = time.monotonic()
+            token = secrets.token_urlsafe(18)
+            attempt = await self._attempt(key, token, args["ttl_ms"])
+            if attempt.acquired:
+                return self._grant(client, key, args, token, attempt, started)
+            return {"acquired": False, "ttl_ms": max(attempt.ttl_ms, 0)}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args["wait_ms"] / 1000
         queue = self._queues.setdefault(key, collections.deque())
@@ -178,7 +191,7 @@ class Locks(CapabilityBase):
             woken = self._wake_on(key)  # before asking: a release in between still wakes us
             started = time.monotonic()
             token = secrets.token_urlsafe(18)
-            attempt = await self._attempt(key, token, args["ttl_ms"])
+            attempt = await self._attempt(key, token, args["ttl_ms"], self._waiter_flag_ms)
             if attempt.acquired:
                 return self._grant(client, key, args, token, attempt, started)
             remaining = deadline - loop.time()
@@ -193,19 +206,15 @@ class Locks(CapabilityBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), pause)
 
-    async def _attempt(self, key: str, token: str, ttl_ms: int) -> Attempt:
-        """One try, carried through even if the caller is cancelled meanwhile (its
-        connection closed): a lock taken for nobody is released at once."""
-        attempt = asyncio.ensure_future(self._backend.acquire(key, token, ttl_ms))
+    async def _attempt(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
+        """One try. If the caller is cancelled meanwhile (its connection closed), the
+        attempt may still take the lock in Redis: a release of its token, queued behind
+        it on the same link, undoes that (and does nothing if it was not taken)."""
         try:
-            return await asyncio.shield(attempt)
+            return await self._backend.acquire(key, token, ttl_ms, waiting_ms)
         except asyncio.CancelledError:
-            attempt.add_done_callback(lambda done: self._undo(done, key, token))
-            raise
-
-    def _undo(self, done: asyncio.Future[Attempt], key: str, token: str) -> None:
-        if not done.cancelled() and done.exception() is None and done.result().acquired:
             self._in_background(self._backend.release(key, token))
+            raise
 
     def _grant(
         self,
@@ -224,8 +233,13 @@ class Locks(CapabilityBase):
             return {"acquired": False, "ttl_ms": 0}
         self._stats.acquired += 1
         self._leases.setdefault(client.conn_id, {})[key] = lease
-        keeper = self._renew(lease) if args["renew"] else self._expire(lease)
-        lease.renewer = asyncio.create_task(keeper, name=f"lease {key}")
+        lease.renew = args["renew"]
+        if lease.renew:
+            self._schedule_renewal(lease, lease.ttl_ms / 3000)
+        else:
+            lease.timer = asyncio.get_running_loop().call_at(
+                _loop_time(lease.valid_until), self._lose, lease, "the lease ran out (renew=false)"
+            )
         return {"acquired": True, "token": token, "fence": attempt.fence, "ttl_ms": attempt.ttl_ms}
 
     async def release(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -259,34 +273,39 @@ class Locks(CapabilityBase):
 
     # -- leases ---------------------------------------------------------------------------
 
-    async def _renew(self, lease: Lease) -> None:
-        delay = lease.ttl_ms / 3000
-        while True:
-            await asyncio.sleep(max(delay, MIN_RENEW_S))
-            started = time.monotonic()
-            try:
-                still_ours = await self._backend.extend(lease.key, lease.token, lease.ttl_ms)
-            except Exception as exc:
-                reason = exc.message if isinstance(exc, SidecarError) else repr(exc)
-                left = lease.valid_until - time.monotonic()
-                # Say so while the lease still stands, not after: the owner must stop in time.
-                if left <= lease.ttl_ms / 10000:
-                    self._lose(
-                        lease, f"could not renew, {max(left, 0) * 1000:.0f} ms left: {reason}"
-                    )
-                    return
-                delay = min(lease.ttl_ms / 3000, left / 2)
-                continue
-            if not still_ours:
-                self._lose(lease, "the lease expired or was taken over")
-                return
-            lease.valid_until = started + self._validity_s(lease.ttl_ms)
-            delay = lease.ttl_ms / 3000
+    def _schedule_renewal(self, lease: Lease, delay_s: float) -> None:
+        lease.timer = asyncio.get_running_loop().call_later(
+            max(delay_s, MIN_RENEW_S), self._renewal_due, lease
+        )
 
-    async def _expire(self, lease: Lease) -> None:
-        """renew=false: the lease simply runs out, and its owner is told."""
-        await asyncio.sleep(max(lease.valid_until - time.monotonic(), 0))
-        self._lose(lease, "the lease ran out (renew=false)")
+    def _renewal_due(self, lease: Lease) -> None:
+        lease.timer = None
+        lease.renewer = asyncio.create_task(self._renew(lease), name=f"renew {lease.key}")
+
+    async def _renew(self, lease: Lease) -> None:
+        started = time.monotonic()
+        try:
+            still_ours = await self._backend.extend(lease.key, lease.token, lease.ttl_ms)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SidecarError) else repr(exc)
+            left = lease.valid_until - time.monotonic()
+            # Say so while the lease still stands, not after: the owner must stop in time.
+            if left <= lease.ttl_ms / 10000:
+                self._lose(lease, f"could not renew, {max(left, 0) * 1000:.0f} ms left: {reason}")
+            else:
+                self._schedule_renewal(lease, min(lease.ttl_ms / 3000, left / 2))
+            return
+        finally:
+            lease.renewer = None
+        if not still_ours:
+            self._lose(lease, "the lease expired or was taken over")
+            return
+        lease.valid_until = started + self._validity_s(lease.ttl_ms)
+        if self._owns(lease):
+            self._schedule_renewal(lease, lease.ttl_ms / 3000)
+
+    def _owns(self, lease: Lease) -> bool:
+        return self._leases.get(lease.owner.conn_id, {}).get(lease.key) is lease
 
     def _validity_s(self, ttl_ms: int) -> float:
         drift = drift_ms(ttl_ms) if isinstance(self._backend, Redlock) else 0
@@ -294,8 +313,10 @@ class Locks(CapabilityBase):
 
     def _lose(self, lease: Lease, reason: str) -> None:
         owned = self._leases.get(lease.owner.conn_id, {})
-        if owned.get(lease.key) is lease:
-            del owned[lease.key]
+        if owned.get(lease.key) is not lease:
+            return  # released or lost already
+        del owned[lease.key]
+        self._stop_renewing(lease)
         self._stats.lost += 1
         log.warning("lock_lost", name=lease.name, fence=lease.fence, reason=reason)
         if not lease.owner.closed:
@@ -304,6 +325,9 @@ class Locks(CapabilityBase):
             )
 
     def _stop_renewing(self, lease: Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
         if lease.renewer is not None and lease.renewer is not asyncio.current_task():
             lease.renewer.cancel()
             lease.renewer = None
@@ -363,3 +387,8 @@ class Locks(CapabilityBase):
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _loop_time(monotonic_at: float) -> float:
+    """A time.monotonic() instant on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic_at - time.monotonic())
