@@ -219,10 +219,14 @@ class ClientConnection(asyncio.Protocol):
         args: dict[str, Any],
         started: CoroutineType[Any, Any, Any] | None = None,
     ) -> None:
-        waits = self._order.predecessors(method, args, self._tasks)
+        ordered = method.ordered_by is not None or method.barrier
+        waits = (
+            self._order.predecessors(method, args, self._tasks) if ordered or self._tasks else []
+        )
         task = self._loop.create_task(self._run(method, msgid, args, waits, started))
         self._tasks.add(task)
-        self._order.register(method, args, task)
+        if ordered:
+            self._order.register(method, args, task)
 
     async def _run(
         self,

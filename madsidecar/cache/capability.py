@@ -287,10 +287,10 @@ class Cache(CapabilityBase):
         try:
             try:
                 raw = await get
-            finally:
-                ttl_ms = await _settled(pttl)
-            if isinstance(ttl_ms, BaseException):
-                raise ttl_ms
+            except BaseException:
+                _discard(pttl)
+                raise
+            ttl_ms = await pttl
             fresh = True
         except Unavailable:
             fallback = self._stale_fallback(key)
@@ -666,14 +666,12 @@ class Cache(CapabilityBase):
             log.warning("cache_background_work_failed", reason=str(task.exception()))
 
 
-async def _settled(future: Any) -> Any:
-    """The future's result, or its exception as a value (so it is never left unread)."""
-    try:
-        return await future
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return exc
+def _discard(future: Any) -> None:
+    """Drop a reply nobody will read, without leaving its error unretrieved."""
+    if not future.done():
+        future.cancel()  # the gateway skips replies to futures already done
+    elif not future.cancelled():
+        future.exception()
 
 
 def _remaining_ms(entry: L1Entry, now: float) -> int | None:
