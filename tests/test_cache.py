@@ -7,7 +7,6 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -21,17 +20,6 @@ from madsidecar_client import (
 )
 
 from .support import RedisProcess, SidecarProcess, running_sidecar
-
-
-@pytest.fixture
-def nodes(redis_server: RedisProcess) -> Iterator[tuple[SidecarProcess, SidecarProcess]]:
-    a = SidecarProcess(redis_server.url, extra_args=["--node-id", "a"]).start()
-    b = SidecarProcess(redis_server.url, extra_args=["--node-id", "b"]).start()
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 def cache_get(client: BlockingClient, key: str) -> dict | None:

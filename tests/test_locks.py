@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,17 +17,6 @@ from madsidecar.locks.keys import LockKeys
 from madsidecar_client import BadRequestError, BlockingClient
 
 from .support import RedisProcess, SidecarProcess, running_sidecar, short_tempdir
-
-
-@pytest.fixture
-def nodes(redis_server: RedisProcess) -> Iterator[tuple[SidecarProcess, SidecarProcess]]:
-    a = SidecarProcess(redis_server.url, extra_args=["--node-id", "a"]).start()
-    b = SidecarProcess(redis_server.url, extra_args=["--node-id", "b"]).start()
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 def acquire(client: BlockingClient, name: str, **args: object) -> dict:
@@ -287,83 +275,75 @@ def test_namespaces_have_their_own_locks(redis_server: RedisProcess) -> None:
 # -- Redlock -----------------------------------------------------------------------------
 
 
+class RedlockFleet:
+    """N independent masters and a sidecar whose locks use them as a Redlock quorum."""
+
+    def __init__(self, masters: int) -> None:
+        self.servers = [RedisProcess().start() for _ in range(masters)]
+        self.directs = [redis.Redis(unix_socket_path=s.socket_path) for s in self.servers]
+        urls = ",".join(server.url for server in self.servers)
+        self.side = SidecarProcess(
+            self.servers[0].url, extra_args=["--lock-quorum-urls", urls]
+        ).start()
+
+    def __enter__(self) -> RedlockFleet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.side.stop()
+        for direct in self.directs:
+            direct.close()
+        for server in self.servers:
+            server.stop()
+
+
 @pytest.mark.parametrize("masters", [3, 5])
 def test_redlock_acquires_exactly_when_a_majority_is_free(masters: int) -> None:
-    servers = [RedisProcess().start() for _ in range(masters)]
-    urls = ",".join(server.url for server in servers)
-    directs = [redis.Redis(unix_socket_path=s.socket_path) for s in servers]
     key = LockKeys("msc:").lock("default", "quorum")
-    side = SidecarProcess(servers[0].url, extra_args=["--lock-quorum-urls", urls]).start()
-    try:
-        with side.client() as client:
-            for size in range(masters + 1):
-                for occupied in itertools.combinations(range(masters), size):
-                    for index in occupied:
-                        directs[index].set(key, "someone-else", px=60_000)
-                    got = acquire(client, "quorum", ttl_ms=10_000)
-                    expect = masters - size >= masters // 2 + 1
-                    assert got["acquired"] is expect, (occupied, got)
-                    if got["acquired"]:
-                        client.call("lock.release", {"name": "quorum", "token": got["token"]})
-                    for direct in directs:
-                        assert direct.get(key) in (None, b"someone-else"), "nothing left behind"
-                        direct.delete(key)
-            servers[-1].kill()
-            got = acquire(client, "quorum", ttl_ms=10_000)
-            assert got["acquired"], "one master down still leaves a majority"
-            assert got["ttl_ms"] <= 10_000 - 100 - 2, "validity accounts for clock drift"
-            seen = client.call("lock.inspect", {"name": "quorum"})
-            assert seen["held"] and seen["fence"] == got["fence"]
-    finally:
-        side.stop()
-        for direct in directs:
-            direct.close()
-        for server in servers:
-            server.stop()
+    with RedlockFleet(masters) as fleet, fleet.side.client() as client:
+        for size in range(masters + 1):
+            for occupied in itertools.combinations(range(masters), size):
+                for index in occupied:
+                    fleet.directs[index].set(key, "someone-else", px=60_000)
+                got = acquire(client, "quorum", ttl_ms=10_000)
+                expect = masters - size >= masters // 2 + 1
+                assert got["acquired"] is expect, (occupied, got)
+                if got["acquired"]:
+                    client.call("lock.release", {"name": "quorum", "token": got["token"]})
+                for direct in fleet.directs:
+                    assert direct.get(key) in (None, b"someone-else"), "nothing left behind"
+                    direct.delete(key)
+        fleet.servers[-1].kill()
+        got = acquire(client, "quorum", ttl_ms=10_000)
+        assert got["acquired"], "one master down still leaves a majority"
+        assert got["ttl_ms"] <= 10_000 - 100 - 2, "validity accounts for clock drift"
+        seen = client.call("lock.inspect", {"name": "quorum"})
+        assert seen["held"] and seen["fence"] == got["fence"]
 
 
 def test_redlock_fences_rise_even_when_the_highest_counter_refuses() -> None:
-    servers = [RedisProcess().start() for _ in range(3)]
-    directs = [redis.Redis(unix_socket_path=s.socket_path) for s in servers]
     key = LockKeys("msc:").lock("default", "fenced")
-    urls = ",".join(server.url for server in servers)
-    side = SidecarProcess(servers[0].url, extra_args=["--lock-quorum-urls", urls]).start()
-    try:
+    with RedlockFleet(3) as fleet, fleet.side.client() as client:
         # Master 0's counter runs far ahead of the others (its clock, say).
-        directs[0].set(key + ":fence", 5 * 10**15)  # exact in a Lua double (< 2**53)
-        with side.client() as client:
-            first = acquire(client, "fenced")
-            assert first["acquired"] and first["fence"] > 5 * 10**15
-            client.call("lock.release", {"name": "fenced", "token": first["token"]})
-            directs[0].set(key, "someone-else", px=60_000)  # master 0 now refuses
-            second = acquire(client, "fenced")
-            assert second["acquired"] and second["fence"] > first["fence"]
-    finally:
-        side.stop()
-        for direct in directs:
-            direct.close()
-        for server in servers:
-            server.stop()
+        fleet.directs[0].set(key + ":fence", 5 * 10**15)  # exact in a Lua double (< 2**53)
+        first = acquire(client, "fenced")
+        assert first["acquired"] and first["fence"] > 5 * 10**15
+        client.call("lock.release", {"name": "fenced", "token": first["token"]})
+        fleet.directs[0].set(key, "someone-else", px=60_000)  # master 0 now refuses
+        second = acquire(client, "fenced")
+        assert second["acquired"] and second["fence"] > first["fence"]
 
 
 def test_redlock_without_a_majority_of_masters_is_unavailable() -> None:
     from madsidecar_client import UnavailableError
 
-    servers = [RedisProcess().start() for _ in range(3)]
-    urls = ",".join(server.url for server in servers)
-    side = SidecarProcess(servers[0].url, extra_args=["--lock-quorum-urls", urls]).start()
-    try:
-        servers[1].kill()
-        servers[2].kill()
-        with side.client() as client:
-            with pytest.raises(UnavailableError):
-                acquire(client, "q")
-            with pytest.raises(UnavailableError):
-                client.call("lock.inspect", {"name": "q"})
-    finally:
-        side.stop()
-        for server in servers:
-            server.stop()
+    with RedlockFleet(3) as fleet, fleet.side.client() as client:
+        fleet.servers[1].kill()
+        fleet.servers[2].kill()
+        with pytest.raises(UnavailableError):
+            acquire(client, "q")
+        with pytest.raises(UnavailableError):
+            client.call("lock.inspect", {"name": "q"})
 
 
 def test_a_connection_closed_mid_acquire_leaves_no_lock_behind(
