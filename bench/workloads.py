@@ -119,6 +119,33 @@ def rate_loop(
     return batches * size, now - started
 
 
+async def _measured_window(
+    workers: list[asyncio.Task[Any]],
+    state: dict[str, Any],
+    warmup_s: float,
+    duration_s: float,
+    drain_timeout_s: float | None,
+) -> int:
+    """Let running workers warm up, count only inside the measured window (they read
+    state["counting"]), then tell them to stop (state["stop"]) and wait for them.
+    Returns the window's length in ns."""
+    try:
+        await asyncio.sleep(warmup_s)
+        METER.begin()
+        state["counting"] = True
+        started = time.perf_counter_ns()
+        await asyncio.sleep(duration_s)
+        state["counting"] = False
+        elapsed = time.perf_counter_ns() - started
+        METER.end()
+        state["stop"] = True
+        await asyncio.wait_for(asyncio.gather(*workers), drain_timeout_s)
+    finally:
+        for worker in workers:
+            worker.cancel()
+    return elapsed
+
+
 async def _awarm(fn: Callable[[], Awaitable[object]], warmup_s: float, minimum: int) -> None:
     end = time.perf_counter() + warmup_s
     done = 0
@@ -177,20 +204,7 @@ async def aconcurrent_rate(
                 state["count"] += 1
 
     workers = [asyncio.create_task(worker(call)) for call in calls]
-    try:
-        await asyncio.sleep(warmup_s)
-        METER.begin()
-        state["counting"] = True
-        started = time.perf_counter_ns()
-        await asyncio.sleep(duration_s)
-        state["counting"] = False
-        elapsed = time.perf_counter_ns() - started
-        METER.end()
-        state["stop"] = True
-        await asyncio.gather(*workers)
-    finally:
-        for worker_task in workers:
-            worker_task.cancel()
+    elapsed = await _measured_window(workers, state, warmup_s, duration_s, None)
     return int(state["count"]), elapsed
 
 
@@ -809,20 +823,7 @@ async def _fair_share(
             await release(handle)
 
     tasks = [asyncio.create_task(waiter(i, *pair)) for i, pair in enumerate(waiters)]
-    try:
-        await asyncio.sleep(warmup_s)
-        METER.begin()
-        state["counting"] = True
-        started = time.perf_counter_ns()
-        await asyncio.sleep(duration_s)
-        state["counting"] = False
-        elapsed = time.perf_counter_ns() - started
-        METER.end()
-        state["stop"] = True
-        await asyncio.wait_for(asyncio.gather(*tasks), LOCK_DRAIN_TIMEOUT_S)
-    finally:
-        for task in tasks:
-            task.cancel()
+    elapsed = await _measured_window(tasks, state, warmup_s, duration_s, LOCK_DRAIN_TIMEOUT_S)
     return counts, elapsed, state["timeouts"]
 
 
