@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
 
 from .config import PolicyRule
+from .deferred import Deferred
 from .errors import ErrorCode, Forbidden, ShuttingDown, SidecarError, UnknownMethod, error_map
 from .methods import Method
 from .ordering import RequestOrder
@@ -45,7 +47,9 @@ class ClientConnection(asyncio.Protocol):
         self._max_reply = server.config.max_frame_bytes + HEADER_SIZE
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Requests still running: tasks, and futures standing for `Deferred` answers.
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._deferred: dict[asyncio.Future[None], tuple[Method, int, dict[str, Any]]] = {}
         self._order = RequestOrder()
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -111,7 +115,7 @@ class ClientConnection(asyncio.Protocol):
     # -- what handlers see --------------------------------------------------------------
 
     @property
-    def inflight(self) -> frozenset[asyncio.Task[None]]:
+    def inflight(self) -> frozenset[asyncio.Future[None]]:
         """The requests of this connection still running."""
         return frozenset(self._tasks)
 
@@ -131,7 +135,10 @@ class ClientConnection(asyncio.Protocol):
         """Refuse what is still running (drain deadline passed); each gets SHUTTING_DOWN."""
         tasks = list(self._tasks)
         for task in tasks:
-            task.cancel()
+            if task in self._deferred:
+                self._refuse_deferred(task)
+            else:
+                task.cancel()
         if tasks:
             await asyncio.wait(tasks)
 
@@ -187,6 +194,9 @@ class ClientConnection(asyncio.Protocol):
         except Exception:
             self._out.append(self._internal_error(request.msgid, method.name))
             return
+        if type(result) is Deferred:
+            self._start_deferred(method, request.msgid, args, result)
+            return
         if type(result) is CoroutineType:
             # An inline handler that could not answer at once (an L1 miss, say) hands
             # back the rest of its work; it runs as a task in this request's place.
@@ -233,7 +243,7 @@ class ClientConnection(asyncio.Protocol):
         method: Method,
         msgid: int,
         args: dict[str, Any],
-        waits: list[asyncio.Task[None]],
+        waits: list[asyncio.Future[None]],
         started: CoroutineType[Any, Any, Any] | None,
     ) -> None:
         reply: bytes | None = None
@@ -241,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
             if waits:
                 await asyncio.wait(waits)
             result = started if started is not None else method.handler(self, args)
-            if type(result) is CoroutineType:
+            if type(result) is CoroutineType or type(result) is Deferred:
                 result = await result
             reply = self._encode_result(msgid, method.name, result)
         except SidecarError as exc:
@@ -261,6 +271,56 @@ class ClientConnection(asyncio.Protocol):
             self._send(reply)
         if self._reading_paused and not self._writing_paused:
             self._process()
+
+    def _start_deferred(
+        self, method: Method, msgid: int, args: dict[str, Any], deferred: Deferred
+    ) -> None:
+        request: asyncio.Future[None] = self._loop.create_future()
+        self._tasks.add(request)
+        self._deferred[request] = (method, msgid, args)
+        if method.ordered_by is not None or method.barrier:
+            self._order.register(method, args, request)
+        deferred.pending.add_done_callback(partial(self._deferred_ready, deferred, request))
+
+    def _deferred_ready(
+        self, deferred: Deferred, request: asyncio.Future[None], _: asyncio.Future[Any]
+    ) -> None:
+        if request.done():  # cancelled: the connection closed, or the drain refused it
+            if deferred.abandoned is not None:
+                deferred.abandoned()
+            return
+        method, msgid, _args = self._deferred[request]
+        try:
+            result = deferred.resolve()
+            if type(result) is Deferred:
+                result.pending.add_done_callback(partial(self._deferred_ready, result, request))
+                return
+            reply = self._encode_result(msgid, method.name, result)
+        except SidecarError as exc:
+            reply = self._proto.error_response(msgid, exc.to_map())
+        except Exception:
+            reply = self._internal_error(msgid, method.name)
+        self._end_deferred(request)
+        request.set_result(None)
+        self._send(reply)
+        if self._reading_paused and not self._writing_paused:
+            self._process()
+
+    def _end_deferred(self, request: asyncio.Future[None]) -> tuple[Method, int]:
+        method, msgid, args = self._deferred.pop(request)
+        self._tasks.discard(request)
+        self._order.release(method, args, request)
+        return method, msgid
+
+    def _refuse_deferred(self, request: asyncio.Future[None]) -> None:
+        _, msgid = self._end_deferred(request)
+        request.cancel()
+        if not self.closed:
+            self._send(
+                self._proto.error_response(
+                    msgid, error_map(ErrorCode.SHUTTING_DOWN, "the sidecar is shutting down")
+                )
+            )
 
     def _encode_result(self, msgid: int, method: str, result: Any) -> bytes:
         try:

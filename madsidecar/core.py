@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
+from .deferred import Deferred
 from .errors import BadRequest, Forbidden
 from .methods import Arg, CapabilityBase, Client, Method
 from .redis_gateway import RedisGateway
@@ -110,13 +112,15 @@ class CoreMethods(CapabilityBase):
         result.update(self._capability_stats())
         return result
 
-    async def health(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+    def health(self, client: Client, args: dict[str, Any]) -> Deferred:
         """A round trip to Redis through the sidecar: UNAVAILABLE when it cannot be made."""
-        started = time.perf_counter()
-        await self._gateway.execute("PING")
-        latency_us = round((time.perf_counter() - started) * 1_000_000)
-        return {
-            "ok": True,
-            "redis_latency_ms": round(latency_us / 1000),
-            "redis_latency_us": latency_us,
-        }
+        return Deferred(self._gateway.execute("PING"), partial(_healthy, time.perf_counter()))
+
+
+def _healthy(started: float, _: object) -> dict[str, Any]:
+    latency_us = round((time.perf_counter() - started) * 1_000_000)
+    return {
+        "ok": True,
+        "redis_latency_ms": round(latency_us / 1000),
+        "redis_latency_us": latency_us,
+    }

@@ -2,7 +2,9 @@
 
 A handler receives the calling client (namespace, peer, notifications) and its validated
 arguments, defaults filled in. A plain function answers inline, in the same loop turn the
-request was read; a coroutine function runs as a task.
+request was read; a coroutine function runs as a task. A plain function may also hand back
+a `Deferred` (its answer waits on one Redis reply) or a coroutine (the rest of its work,
+run as a task).
 """
 
 from __future__ import annotations

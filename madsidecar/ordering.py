@@ -10,7 +10,8 @@ from typing import Any
 
 from .methods import Method
 
-Task = asyncio.Task[None]
+# A running request: its task, or the future standing for its Deferred answer.
+Task = asyncio.Future[None]
 
 
 def keys_of(method: Method, args: dict[str, Any]) -> tuple[Any, ...]:

@@ -17,9 +17,8 @@ import collections
 import contextlib
 import random
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -34,7 +33,6 @@ from .errors import SidecarError, Unavailable
 
 BACKOFF_FIRST_S: Final = 0.05
 BACKOFF_MAX_S: Final = 2.0
-_READ_SIZE: Final = 256 * 1024
 
 log = structlog.get_logger("madsidecar.redis")
 
@@ -80,10 +78,11 @@ class _Link:
         self, conn: AbstractConnection, timeout_s: float, counters: PipelineCounters
     ) -> None:
         self._conn = conn
-        # redis-py keeps the connected streams in these attributes; we only read and
-        # write bytes through them once its handshake is done.
-        self._stream_in: asyncio.StreamReader = conn._reader  # type: ignore[assignment]
-        self._stream_out: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
+        # redis-py keeps the connected transport behind its StreamWriter; once its
+        # handshake is done the byte stream is ours, read by a plain Protocol: replies are
+        # parsed in data_received, with no reader task to wake per batch.
+        writer: asyncio.StreamWriter = conn._writer  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, writer.transport)
         self._parser = hiredis.Reader()
         self._counters = counters
         self._timeout_s = timeout_s
@@ -96,7 +95,7 @@ class _Link:
         self._awaiting_reply: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.failure: str | None = None
         self.dead = asyncio.Event()
-        self._reader_task = asyncio.create_task(self._read_loop(), name="redis-reader")
+        self._transport.set_protocol(_LinkProtocol(self))
 
     def submit(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
@@ -127,7 +126,7 @@ class _Link:
         self._counters.pipelines += 1
         self._counters.commands += len(chunks)
         try:
-            self._stream_out.write(b"".join(chunks))
+            self._transport.write(b"".join(chunks))
         except Exception as exc:
             self.fail(f"write failed: {exc}")
 
@@ -144,32 +143,27 @@ class _Link:
         if deadlines:
             self._arm_deadline_timer()
 
-    async def _read_loop(self) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self.failure is not None:
+            return
         parser = self._parser
         awaiting = self._awaiting_reply
         deadlines = self._deadlines
         try:
-            while True:
-                data = await self._stream_in.read(_READ_SIZE)
-                if not data:
-                    self.fail("connection closed by Redis")
-                    return
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    future = awaiting.popleft()
-                    if not future.done():
-                        if type(reply) is hiredis.ReplyError:
-                            future.set_exception(_command_error(reply))
-                        else:
-                            future.set_result(reply)
-                    if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is future:
-                        deadlines.popleft()  # the oldest batch has all its replies
-        except asyncio.CancelledError:
-            raise
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                future = awaiting.popleft()
+                if not future.done():
+                    if type(reply) is hiredis.ReplyError:
+                        future.set_exception(_command_error(reply))
+                    else:
+                        future.set_result(reply)
+                if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is future:
+                    deadlines.popleft()  # the oldest batch has all its replies
         except IndexError:
             self.fail("redis sent a reply nobody asked for")
         except Exception as exc:
-            self.fail(f"connection lost: {exc}" if str(exc) else "connection lost")
+            self.fail(f"unreadable reply: {exc}" if str(exc) else "unreadable reply")
 
     def fail(self, reason: str) -> None:
         if self.failure is not None:
@@ -190,16 +184,27 @@ class _Link:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        if self._reader_task is not asyncio.current_task():
-            self._reader_task.cancel()
         self.dead.set()
 
     async def close(self) -> None:
         self.fail("closed")
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader_task
         with contextlib.suppress(Exception):
             await self._conn.disconnect(nowait=True)
+
+
+class _LinkProtocol(asyncio.Protocol):
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def data_received(self, data: bytes) -> None:
+        self._link.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self._link.fail("connection closed by Redis")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.fail(f"connection lost: {exc}" if exc else "connection closed by Redis")
 
 
 def _command_error(reply: hiredis.ReplyError) -> RedisCommandError:
@@ -268,7 +273,7 @@ class RedisGateway:
             return False
         return True
 
-    def execute(self, *args: Any) -> Awaitable[Any]:
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the reply (bytes, int, list, ...) or `Unavailable`."""
         link = self._link
         if link is None or link.failure is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .deferred import Deferred
 from .redis_gateway import RedisCommandError, RedisGateway
 
 
@@ -21,12 +23,27 @@ class LuaScript:
         """The script `name` from the directory of `module_file`."""
         return cls((Path(module_file).parent / name).read_text(encoding="utf-8"))
 
+    def call(
+        self, gateway: RedisGateway, keys: Sequence[str], args: Sequence[Any] = ()
+    ) -> Deferred:
+        """The script's reply, as a `Deferred` (awaitable)."""
+        tail = (len(keys), *keys, *args)
+        return Deferred(
+            gateway.execute("EVALSHA", self.sha, *tail),
+            _reply,
+            partial(self._fallback, gateway, tail),
+        )
+
     async def run(
         self, gateway: RedisGateway, keys: Sequence[str], args: Sequence[Any] = ()
     ) -> Any:
-        try:
-            return await gateway.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except RedisCommandError as exc:
-            if exc.reply_code != "NOSCRIPT":
-                raise
-        return await gateway.execute("EVAL", self.source, len(keys), *keys, *args)
+        return await self.call(gateway, keys, args)
+
+    def _fallback(self, gateway: RedisGateway, tail: tuple[Any, ...], error: BaseException) -> Any:
+        if isinstance(error, RedisCommandError) and error.reply_code == "NOSCRIPT":
+            return Deferred(gateway.execute("EVAL", self.source, *tail), _reply)
+        raise error
+
+
+def _reply(value: Any) -> Any:
+    return value

@@ -179,3 +179,21 @@ def test_server_error_message_is_the_servers_words(sidecar: SidecarProcess) -> N
         client.call("nope")
     assert caught.value.message == caught.value.data["message"]
     assert str(caught.value).startswith("UNKNOWN_METHOD: ")
+
+
+async def test_calls_issued_together_take_effect_in_issue_order(sidecar: SidecarProcess) -> None:
+    """Calls and pipelines issued in one loop turn share a write; the order they were
+    issued in is the order they take effect in."""
+    async with Client(sidecar.socket_path) as client:
+        for round_ in range(20):
+            values = [f"{round_}-{i}" for i in range(5)]
+            await asyncio.gather(
+                client.call("cache.set", {"key": "ordered", "value": values[0]}),
+                client.call("cache.set", {"key": "ordered", "value": values[1]}),
+                client.pipeline(
+                    [("cache.set", {"key": "ordered", "value": v}) for v in values[2:4]]
+                ),
+                client.call("cache.set", {"key": "ordered", "value": values[3]}),
+                client.pipeline([("cache.set", {"key": "ordered", "value": values[4]})]),
+            )
+            assert (await client.call("cache.get", {"key": "ordered"}))["value"] == values[4]

@@ -443,3 +443,20 @@ def test_lock_command_unknown_command(nodes: tuple[SidecarProcess, SidecarProces
     result = madsidecar_lock(a, "x", "--", "/nonexistent/tool")
     assert result.returncode == 127
     assert "cannot run" in result.stderr
+
+
+def test_scripts_forgotten_by_redis_are_sent_again(
+    redis_server: RedisProcess, sidecar: SidecarProcess
+) -> None:
+    """A Redis restart (or SCRIPT FLUSH) empties its script cache; every lock call must
+    still work, the sidecar sending the script itself once EVALSHA says NOSCRIPT."""
+    direct = redis.Redis(unix_socket_path=redis_server.socket_path)
+    with sidecar.client() as client:
+        for _ in range(3):
+            direct.script_flush()
+            got = acquire(client, "flushed", ttl_ms=5000)
+            assert got["acquired"] is True
+            assert client.call("lock.inspect", {"name": "flushed"})["held"] is True
+            direct.script_flush()
+            released = client.call("lock.release", {"name": "flushed", "token": got["token"]})
+            assert released == {"released": True}

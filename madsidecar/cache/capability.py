@@ -16,12 +16,14 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, Final
 
 import msgpack
 import structlog
 
 from ..config import Config, WarmTarget
+from ..deferred import Deferred
 from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..protocol import Packed
@@ -279,26 +281,27 @@ class Cache(CapabilityBase):
         # The common reply, {value, source: "l1", ttl_ms}, in three pieces.
         return Packed(b"".join((_L1_HIT_HEAD, entry.raw, _L1_HIT_TAIL, self._pack(ttl_ms))))
 
-    async def _read_l2(self, key: str) -> Packed | None:
+    def _read_l2(self, key: str) -> Deferred:
+        """`GET` and `PTTL` of `key`, answered from PTTL's reply: GET's is in by then (one
+        link, replies in order, a failure fails both in order)."""
         generation = self._guard.begin(key)
-        fresh = False
         get = self._gateway.execute("GET", key)
         pttl = self._gateway.execute("PTTL", key)
-        try:
-            try:
-                raw = await get
-            except BaseException:
-                _discard(pttl)
-                raise
-            ttl_ms = await pttl
-            fresh = True
-        except Unavailable:
-            fallback = self._stale_fallback(key)
-            if fallback is None:
-                raise
-            return fallback
-        finally:
-            fresh = self._guard.end(key, generation) and fresh
+        return Deferred(
+            pttl,
+            partial(self._l2_replied, key, generation, get),
+            partial(self._l2_failed, key, generation, get),
+            partial(self._guard.end, key, generation),
+        )
+
+    def _l2_replied(
+        self, key: str, generation: int, get: asyncio.Future[Any], ttl_ms: int
+    ) -> Packed | None:
+        error = get.exception() if get.done() else Unavailable("redis did not answer", 50)
+        if error is not None:
+            return self._l2_failed(key, generation, get, error)
+        fresh = self._guard.end(key, generation)
+        raw = get.result()
         if raw is None or ttl_ms == -2:
             self._stats.misses += 1
             return None
@@ -310,6 +313,17 @@ class Cache(CapabilityBase):
         if fresh and self._feed_live:
             self._remember(key, raw, ttl_ms)
         return self._entry(raw, _SOURCE_L2, None if ttl_ms < 0 else ttl_ms)
+
+    def _l2_failed(
+        self, key: str, generation: int, get: asyncio.Future[Any], error: BaseException
+    ) -> Packed:
+        self._guard.end(key, generation)
+        _discard(get)
+        if isinstance(error, Unavailable):
+            fallback = self._stale_fallback(key)
+            if fallback is not None:
+                return fallback
+        raise error
 
     def _entry(
         self,

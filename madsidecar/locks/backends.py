@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..deferred import Deferred
 from ..errors import Unavailable
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
@@ -34,11 +36,14 @@ class Inspection:
 
 
 class LockBackend(Protocol):
-    async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
+    """`acquire` and `release` answer with an awaitable: a `Deferred` where one Redis reply
+    decides (the handler can then answer without a task), else a coroutine."""
+
+    def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Awaitable[Attempt]:
         """`waiting_ms` > 0: the caller will wait, so flag it for that long."""
         ...
 
-    async def release(self, key: str, token: str) -> bool: ...
+    def release(self, key: str, token: str) -> Awaitable[bool]: ...
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool: ...
 
@@ -53,6 +58,11 @@ def waiters_key(lock_key: str) -> str:
     return lock_key + ":waiters"
 
 
+def _attempt(reply: list[int]) -> Attempt:
+    ok, fence, ttl = reply
+    return Attempt(bool(ok), int(fence), int(ttl))
+
+
 def drift_ms(ttl_ms: int) -> float:
     """redis.io's allowance for clock drift between the masters and us."""
     return ttl_ms * 0.01 + 2
@@ -64,17 +74,20 @@ class SingleRedis:
         self._channel = channel
         self._scripts = load_scripts()
 
-    async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
-        ok, fence, ttl = await self._scripts["acquire"].run(
-            self._gateway, [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
-        )
-        return Attempt(bool(ok), int(fence), int(ttl))
-
-    async def release(self, key: str, token: str) -> bool:
-        return bool(
-            await self._scripts["release"].run(
-                self._gateway, [key, waiters_key(key)], [token, self._channel]
+    def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Deferred:
+        return (
+            self._scripts["acquire"]
+            .call(
+                self._gateway, [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
             )
+            .map(_attempt)
+        )
+
+    def release(self, key: str, token: str) -> Deferred:
+        return (
+            self._scripts["release"]
+            .call(self._gateway, [key, waiters_key(key)], [token, self._channel])
+            .map(bool)
         )
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:

@@ -39,6 +39,27 @@ class _Wire(asyncio.Protocol):
     def __init__(self, client: Client) -> None:
         self._client = client
         self.transport: asyncio.Transport | None = None
+        # Frames sent after the first one of this loop turn, written together at its end.
+        self._held: list[bytes] | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Write at once if nothing was written this loop turn, else at the turn's end:
+        a lone call pays no delay, and a burst of concurrent calls costs one write (and
+        wakes the sidecar once) instead of one each."""
+        held = self._held
+        if held is not None:
+            held.append(frame)
+            return
+        transport = self.transport
+        if transport is not None:
+            transport.write(frame)
+            self._held = []
+            asyncio.get_running_loop().call_soon(self._write_held)
+
+    def _write_held(self) -> None:
+        held, self._held = self._held, None
+        if held and self.transport is not None:
+            self.transport.write(b"".join(held))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -118,13 +139,13 @@ class Client:
     ) -> Any:
         """Send one request and return its result; raises the error class of its code."""
         limit = effective_timeout(timeout, self.timeout, params)
-        transport = self._transport_or_none()
-        if transport is None:
+        wire = self._connected_wire()
+        if wire is None:
             await self._ensure_connected(limit)
-            transport = self._transport_or_none()
-            if transport is None:
+            wire = self._connected_wire()
+            if wire is None:
                 raise ConnectionLostError(f"not connected to {self.path}")
-        future = self._send(transport, method, params)
+        future = self._send(wire, method, params)
         return await self._await_reply(future, limit)
 
     async def pipeline(
@@ -138,10 +159,10 @@ class Client:
         A request the sidecar refused appears as its `ServerError` in the list; a lost
         connection or a timeout raises, as for `call`."""
         limit = effective_timeout(timeout, self.timeout, None)
-        if self._transport_or_none() is None:
+        if self._connected_wire() is None:
             await self._ensure_connected(limit)
-        transport = self._transport_or_none()
-        if transport is None:
+        wire = self._connected_wire()
+        if wire is None:
             raise ConnectionLostError(f"not connected to {self.path}")
         loop = asyncio.get_running_loop()
         proto, pending = self._proto, self._pending
@@ -153,7 +174,7 @@ class Client:
             pending[msgid] = future
             futures.append(future)
             frames.append(proto.request(msgid, method, params))
-        transport.write(b"".join(frames))
+        wire.send(b"".join(frames))
         # One timer for the whole batch, not one per request.
         timer = None if limit is None else loop.call_later(limit, _expire_all, futures, limit)
         try:
@@ -201,17 +222,15 @@ class Client:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _transport_or_none(self) -> asyncio.Transport | None:
+    def _connected_wire(self) -> _Wire | None:
         wire = self._wire
-        return wire.transport if wire is not None else None
+        return wire if wire is not None and wire.transport is not None else None
 
-    def _send(
-        self, transport: asyncio.Transport, method: str, params: dict[str, Any] | None
-    ) -> asyncio.Future[Any]:
+    def _send(self, wire: _Wire, method: str, params: dict[str, Any] | None) -> asyncio.Future[Any]:
         msgid = self._proto.next_msgid(self._pending)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[msgid] = future
-        transport.write(self._proto.request(msgid, method, params))
+        wire.send(self._proto.request(msgid, method, params))
         return future
 
     async def _await_reply(self, future: asyncio.Future[Any], limit: float | None) -> Any:

@@ -1,0 +1,116 @@
+"""`Deferred`: a handler's answer that waits on one Redis reply, finished by a callback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+
+class Deferred:
+    """An answer that waits on one pending Redis reply: `then(reply)` makes the result
+    (or raises, or returns the next `Deferred`); `on_error(exc)`, if given, does the same
+    for a failed reply. The connection finishes it from the reply's done-callback, which
+    costs far less than a coroutine run as a task; it is awaitable where a task needs it.
+
+    `abandoned()` runs instead, once the reply is in, when the request was cancelled
+    first (its connection closed, or the drain refused it): the place to undo a side
+    effect nobody will learn of (a lock taken for a caller that is gone)."""
+
+    __slots__ = ("abandoned", "on_error", "pending", "then")
+
+    def __init__(
+        self,
+        pending: asyncio.Future[Any],
+        then: Callable[[Any], Any],
+        on_error: Callable[[BaseException], Any] | None = None,
+        abandoned: Callable[[], object] | None = None,
+    ) -> None:
+        self.pending = pending
+        self.then = then
+        self.on_error = on_error
+        self.abandoned = abandoned
+
+    def resolve(self) -> Any:
+        """The result, once `pending` is done; may be another Deferred."""
+        error = self.pending.exception()
+        if error is None:
+            return self.then(self.pending.result())
+        if self.on_error is not None:
+            return self.on_error(error)
+        raise error
+
+    def map(
+        self, fn: Callable[[Any], Any], abandoned: Callable[[], object] | None = None
+    ) -> Deferred:
+        """This answer passed through `fn` (the next `Deferred`, if any, too)."""
+        then, on_error = self.then, self.on_error
+
+        def mapped(value: Any) -> Any:
+            return _map_result(then(value), fn, abandoned)
+
+        def mapped_error(error: BaseException) -> Any:
+            assert on_error is not None
+            return _map_result(on_error(error), fn, abandoned)
+
+        return Deferred(
+            self.pending,
+            mapped,
+            mapped_error if on_error is not None else None,
+            abandoned or self.abandoned,
+        )
+
+    async def settle(self) -> Any:
+        deferred = self
+        while True:
+            try:
+                # wait(), not await: a cancelled caller must not cancel the Redis reply,
+                # which `abandoned` still needs.
+                await asyncio.wait((deferred.pending,))
+            except asyncio.CancelledError:
+                if deferred.abandoned is not None:
+                    deferred.pending.add_done_callback(_call_later(deferred.abandoned))
+                raise
+            result = deferred.resolve()
+            if type(result) is not Deferred:
+                return result
+            deferred = result
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.settle().__await__()
+
+
+def _call_later(callback: Callable[[], object]) -> Callable[[asyncio.Future[Any]], object]:
+    return lambda _: callback()
+
+
+def _map_result(
+    result: Any, fn: Callable[[Any], Any], abandoned: Callable[[], object] | None
+) -> Any:
+    if type(result) is Deferred:
+        return result.map(fn, abandoned)
+    return fn(result)
+
+
+def then_do(
+    awaitable: Awaitable[Any],
+    fn: Callable[[Any], Any],
+    abandoned: Callable[[], object] | None = None,
+) -> Deferred | Coroutine[Any, Any, Any]:
+    """`fn(await awaitable)` as a handler's answer: a `Deferred` when `awaitable` is one,
+    else a coroutine (run as a task)."""
+    if type(awaitable) is Deferred:
+        return awaitable.map(fn, abandoned)
+    return _then_async(awaitable, fn, abandoned)
+
+
+async def _then_async(
+    awaitable: Awaitable[Any], fn: Callable[[Any], Any], abandoned: Callable[[], object] | None
+) -> Any:
+    try:
+        value = await awaitable
+    except asyncio.CancelledError:
+        if abandoned is not None:
+            abandoned()
+        raise
+    return fn(value)
