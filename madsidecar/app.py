@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from . import __version__
+from .build_info import is_compiled, stale_modules
 from .cache import Cache
 from .config import Config, ConfigError, load_config, read_redis_password, reload_changes
 from .core import CoreMethods
@@ -50,7 +51,11 @@ class Sidecar:
             version=__version__,
             node_id=self.config.node_id,
             redis=self.config.redacted_redis_url() or "embedded",
+            compiled=is_compiled(),
         )
+        stale = stale_modules()
+        if stale:
+            log.warning("compiled_modules_stale", sources=stale, fix="./dev build")
         redis_url = self.config.redis_url
         if redis_url is None:
             self.embedded = EmbeddedRedis(self.config)

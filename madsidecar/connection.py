@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from functools import partial
-from types import CoroutineType
+from types import CoroutineType, NoneType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
@@ -27,6 +28,7 @@ from .protocol import (
     NEED_DATA,
     FatalFrame,
     InvalidMessage,
+    Packed,
     Request,
     ServerProtocol,
 )
@@ -197,7 +199,7 @@ class ClientConnection(asyncio.Protocol):
         if type(result) is Deferred:
             self._start_deferred(method, request.msgid, args, result)
             return
-        if type(result) is CoroutineType:
+        if _is_awaitable(result):
             # An inline handler that could not answer at once (an L1 miss, say) hands
             # back the rest of its work; it runs as a task in this request's place.
             self._start_task(method, request.msgid, args, result)
@@ -227,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
         method: Method,
         msgid: int,
         args: dict[str, Any],
-        started: CoroutineType[Any, Any, Any] | None = None,
+        started: Awaitable[Any] | None = None,
     ) -> None:
         ordered = method.ordered_by is not None or method.barrier
         waits = (
@@ -244,14 +246,14 @@ class ClientConnection(asyncio.Protocol):
         msgid: int,
         args: dict[str, Any],
         waits: list[asyncio.Future[None]],
-        started: CoroutineType[Any, Any, Any] | None,
+        started: Awaitable[Any] | None,
     ) -> None:
         reply: bytes | None = None
         try:
             if waits:
                 await asyncio.wait(waits)
             result = started if started is not None else method.handler(self, args)
-            if type(result) is CoroutineType or type(result) is Deferred:
+            if _is_awaitable(result):
                 result = await result
             reply = self._encode_result(msgid, method.name, result)
         except SidecarError as exc:
@@ -401,3 +403,16 @@ class ClientConnection(asyncio.Protocol):
         if self._reading_paused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
+
+
+# What a handler's answer is when it is the result itself, checked first because it is
+# the common case. Anything else with __await__ is the rest of the work: a coroutine, or a
+# compiled module's coroutine object (not a CoroutineType).
+_PLAIN_RESULTS: Final = frozenset({dict, Packed, NoneType, list, str, int, bool, bytes, float})
+
+
+def _is_awaitable(result: object) -> bool:
+    kind = type(result)
+    if kind in _PLAIN_RESULTS:
+        return False
+    return kind is CoroutineType or hasattr(kind, "__await__")

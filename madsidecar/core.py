@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
+from .build_info import is_compiled
 from .deferred import Deferred
 from .errors import BadRequest, Forbidden
 from .methods import Arg, CapabilityBase, Client, Method
@@ -36,6 +37,7 @@ class CoreMethods(CapabilityBase):
     ) -> None:
         self._server = server
         self._gateway = gateway
+        self._compiled = is_compiled()
         self._capability_stats = capability_stats
         self._embedded = embedded
 
@@ -96,6 +98,7 @@ class CoreMethods(CapabilityBase):
             "connections": len(server.connections),
             "requests": server.requests,
             "node_id": server.config.node_id,
+            "compiled": self._compiled,
             "version": __version__,
             "redis": {
                 "connected": gateway.connected,

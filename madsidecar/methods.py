@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .config import MAX_NAME_BYTES, PolicyRule
 from .errors import BadRequest
 from .peer import PeerCredentials
@@ -198,6 +200,9 @@ class Capability(Protocol):
     def connection_closed(self, client: Client) -> None: ...
 
 
+# Capabilities written in plain Python (tests, extensions) may derive from it even when
+# this module is compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CapabilityBase:
     """Defaults for the parts of `Capability` a module may not need."""
 

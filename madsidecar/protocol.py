@@ -15,6 +15,7 @@ import struct
 from typing import Any, Final
 
 import msgpack
+from mypy_extensions import mypyc_attr
 
 from .errors import ErrorCode, error_map
 
@@ -32,6 +33,9 @@ NOTIFICATION: Final = 2
 _COMPACT_AFTER: Final = 64 * 1024
 
 
+# A plain Python class even when this module is compiled: mypyc's native classes cannot
+# derive from bytes.
+@mypyc_attr(native_class=False)
 class Packed(bytes):
     """A result already encoded as MessagePack: sent as it is, not packed again.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from .deferred import Deferred
@@ -19,9 +19,11 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     @classmethod
-    def beside(cls, module_file: str, name: str) -> LuaScript:
-        """The script `name` from the directory of `module_file`."""
-        return cls((Path(module_file).parent / name).read_text(encoding="utf-8"))
+    def beside(cls, module_name: str, name: str) -> LuaScript:
+        """The script `name` from the package of the module `module_name` (found through
+        the package, not `__file__`, which a compiled module does not set reliably)."""
+        package = module_name.rpartition(".")[0]
+        return cls(resources.files(package).joinpath(name).read_text(encoding="utf-8"))
 
     def call(
         self, gateway: RedisGateway, keys: Sequence[str], args: Sequence[Any] = ()

@@ -4,7 +4,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from madsidecar.build_info import stale_modules
+
 from .support import RedisProcess, SidecarProcess
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = stale_modules()
+    if stale:
+        pytest.exit(
+            f"compiled modules are older than their sources {stale}: the tests would run "
+            "the old code. Run ./dev build (or ./dev test), or MADSIDECAR_COMPILE=0 ./dev test.",
+            returncode=2,
+        )
 
 
 @pytest.fixture

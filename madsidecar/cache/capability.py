@@ -139,7 +139,7 @@ class Cache(CapabilityBase):
         self._stats = CacheStats()
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._scripts = {
-            name: LuaScript.beside(__file__, f"{name}.lua")
+            name: LuaScript.beside(__name__, f"{name}.lua")
             for name in ("set", "delete", "fetch", "fill", "release_lease")
         }
 
@@ -399,10 +399,20 @@ class Cache(CapabilityBase):
         namespace, prefix = client.namespace, args["prefix"]
         deleted = 0
         # Leases first: a lease on a key with no value yet must be voided too.
-        async for leases in self._scan(self._keys.lease_pattern(namespace, prefix)):
-            await self._gateway.execute("UNLINK", *leases)
-        async for keys in self._scan(self._keys.value_pattern(namespace, prefix)):
-            deleted += int(await self._gateway.execute("UNLINK", *keys))
+        cursor: Any = b"0"
+        while cursor is not None:
+            cursor, leases = await self._scan_page(
+                self._keys.lease_pattern(namespace, prefix), cursor
+            )
+            if leases:
+                await self._gateway.execute("UNLINK", *leases)
+        cursor = b"0"
+        while cursor is not None:
+            cursor, keys = await self._scan_page(
+                self._keys.value_pattern(namespace, prefix), cursor
+            )
+            if keys:
+                deleted += int(await self._gateway.execute("UNLINK", *keys))
             for key in keys:
                 self._drop_local(key)
         # Keys that expired from L2 but sit in some node's L1 get no invalidation of
@@ -564,23 +574,23 @@ class Cache(CapabilityBase):
 
     async def _warm(self, target: WarmTarget) -> int:
         loaded = 0
-        async for keys in self._scan(self._keys.value_pattern(target.namespace, target.prefix)):
+        pattern = self._keys.value_pattern(target.namespace, target.prefix)
+        cursor: Any = b"0"
+        while cursor is not None:
+            cursor, keys = await self._scan_page(pattern, cursor)
             entries = await asyncio.gather(*(self._read_l2(key) for key in keys))
             loaded += sum(entry is not None for entry in entries)
             if loaded and loaded % (10 * SCAN_BATCH) < len(keys):
                 log.info("cache_warming", namespace=target.namespace, loaded=loaded)
         return loaded
 
-    async def _scan(self, pattern: str) -> Any:
-        cursor = b"0"
-        while True:
-            cursor, keys = await self._gateway.execute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_BATCH
-            )
-            if keys:
-                yield [key.decode() for key in keys]
-            if cursor in (b"0", 0, "0"):
-                return
+    async def _scan_page(self, pattern: str, cursor: Any) -> tuple[Any, list[str]]:
+        """One SCAN step: the next cursor (None once done) and the keys found."""
+        cursor, found = await self._gateway.execute(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_BATCH
+        )
+        done = cursor in (b"0", 0, "0")
+        return (None if done else cursor), [key.decode() for key in found]
 
     # -- the invalidation feed ------------------------------------------------------------
 

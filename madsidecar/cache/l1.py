@@ -31,8 +31,8 @@ class _LRUStore:
 
     def __init__(self, max_bytes: int) -> None:
         self._entries: collections.OrderedDict[str, L1Entry] = collections.OrderedDict()
-        self.maxsize: float = max_bytes
-        self.currsize: float = 0
+        self.maxsize: float = float(max_bytes)
+        self.currsize: float = 0.0
         self.evictions = 0
 
     def get(self, key: str) -> L1Entry | None:
@@ -73,7 +73,7 @@ class _LRUStore:
 
     def clear(self) -> None:
         self._entries.clear()
-        self.currsize = 0
+        self.currsize = 0.0
 
 
 def _entry_size(entry: L1Entry) -> int:

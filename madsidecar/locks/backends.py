@@ -17,7 +17,7 @@ SCRIPTS = ("acquire", "release", "extend", "inspect", "raise_fence")
 
 
 def load_scripts() -> dict[str, LuaScript]:
-    return {name: LuaScript.beside(__file__, f"{name}.lua") for name in SCRIPTS}
+    return {name: LuaScript.beside(__name__, f"{name}.lua") for name in SCRIPTS}
 
 
 @dataclass(frozen=True)
