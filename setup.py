@@ -33,6 +33,12 @@ COMPILED = [
     "madsidecar/locks/capability.py",
     "madsidecar/locks/keys.py",
 ]
+# The Python SDK's call path, as its own extension group: it must not need the daemon's.
+COMPILED_SDK = [
+    "clients/python/madsidecar_client/_protocol.py",
+    "clients/python/madsidecar_client/aio.py",
+    "clients/python/madsidecar_client/blocking.py",
+]
 
 
 def ext_modules() -> list[object]:
@@ -42,9 +48,10 @@ def ext_modules() -> list[object]:
         from mypyc.build import mypycify
     except ImportError:
         return []
-    # The shared runtime goes inside the package (madsidecar/native__mypyc.*.so), so it is
-    # found wherever the package is, not only from the source tree's root.
-    return list(mypycify(COMPILED, opt_level="3", group_name="madsidecar.native"))
+    # Each group's shared runtime goes inside its package (madsidecar/native__mypyc.*.so),
+    # so it is found wherever the package is, not only from the source tree's root.
+    groups = [(COMPILED, "madsidecar.native"), (COMPILED_SDK, "madsidecar_client.native")]
+    return list(mypycify(COMPILED + COMPILED_SDK, opt_level="3", separate=groups))
 
 
 setup(ext_modules=ext_modules())

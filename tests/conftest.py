@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import madsidecar_client
 from madsidecar.build_info import stale_modules
 
 from .support import RedisProcess, SidecarProcess
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    stale = stale_modules()
+    stale = stale_modules() + stale_modules(Path(madsidecar_client.__file__).parent)
     if stale:
         pytest.exit(
             f"compiled modules are older than their sources {stale}: the tests would run "

@@ -1,7 +1,7 @@
 """Python SDK for madsidecar: an asyncio `Client` and a `BlockingClient` over one core."""
 
 from ._protocol import Notification, default_socket_path
-from .aio import Client
+from .aio import Client, NotificationStream
 from .blocking import BlockingClient
 from .errors import (
     BadFrameError,
@@ -34,6 +34,7 @@ __all__ = [
     "MadsidecarError",
     "NotHeldError",
     "Notification",
+    "NotificationStream",
     "ProtocolViolationError",
     "ServerError",
     "ServerTimeoutError",

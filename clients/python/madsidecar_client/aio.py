@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
+
+from mypy_extensions import mypyc_attr
 
 from ._protocol import ClientProtocol, Notification, Response, default_socket_path
 from .errors import (
@@ -58,6 +60,38 @@ class _Wire(asyncio.Protocol):
         self._client._on_lost(self, exc)
 
 
+class NotificationStream:
+    """An async iterator over the notifications received since it was made. When the
+    consumer falls `maxsize` behind, newer ones are dropped for it (never for others)."""
+
+    def __init__(self, queues: list[asyncio.Queue[Notification]], maxsize: int) -> None:
+        self._queues = queues
+        self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize)
+        self._closed = False
+        queues.append(self._queue)
+
+    def __aiter__(self) -> NotificationStream:
+        return self
+
+    async def __anext__(self) -> Notification:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queues.remove(self._queue)
+
+    async def __aenter__(self) -> NotificationStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+# Applications may wrap the client in a subclass of their own, compiled or not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Client:
     """An asyncio connection to the sidecar.
 
@@ -196,15 +230,10 @@ class Client:
         """Call `handler(notification)` for every notification called `name` ("*": all)."""
         self._handlers.setdefault(name, []).append(handler)
 
-    async def notifications(self, maxsize: int = 10_000) -> AsyncIterator[Notification]:
-        """Every notification from now on, in order, as an async iterator."""
-        queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize)
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def notifications(self, maxsize: int = 10_000) -> NotificationStream:
+        """Every notification from now on, in order: `async for note in ...`; `aclose()`
+        (or `async with`) ends the subscription."""
+        return NotificationStream(self._queues, maxsize)
 
     # -- internals ----------------------------------------------------------------------
 

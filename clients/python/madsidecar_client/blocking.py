@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from ._protocol import ClientProtocol, Notification, Response, default_socket_path
 from .aio import DEFAULT_TIMEOUT_S, RECONNECT_FIRST_S, RECONNECT_MAX_S, effective_timeout
 from .errors import CallTimeoutError, ConnectionLostError, ServerError, error_from_map
@@ -21,6 +23,8 @@ _READ_SIZE: Final = 256 * 1024
 _TIMEVAL: Final = struct.Struct("@ll")
 
 
+# Applications may wrap the client in a subclass of their own, compiled or not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BlockingClient:
     def __init__(
         self,
@@ -182,9 +186,12 @@ class BlockingClient:
         and stall both (the sidecar stops reading a client that does not read)."""
         deadline = None if limit is None else time.monotonic() + limit
         view = memoryview(data)
+        sent = 0
         sock.setblocking(False)
         try:
-            while view:
+            # An offset, not a shrinking memoryview: mypyc (this module may be compiled)
+            # mishandled `view = view[n:]` reassigned in this loop.
+            while sent < len(view):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     self._drop()
@@ -194,7 +201,7 @@ class BlockingClient:
                     self._receive_available(sock)
                 if writable:
                     try:
-                        view = view[sock.send(view) :]
+                        sent += sock.send(view[sent:])
                     except BlockingIOError:
                         continue
                     except OSError as exc:
