@@ -47,6 +47,29 @@ async def test_async_call_timeout() -> None:
         listener.close()
 
 
+async def test_concurrent_calls_each_time_out_on_their_own_deadline() -> None:
+    """Calls with longer and shorter timeouts, issued in any order, each fail at their own
+    deadline (not at a neighbour's), and none lingers past it."""
+    listener, path = silent_server()
+    try:
+        async with Client(path, timeout=5) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def failing_after(timeout: float) -> float:
+                with pytest.raises(sdk.CallTimeoutError):
+                    await client.call("ping", timeout=timeout)
+                return loop.time() - started
+
+            timeouts = [0.6, 0.2, 0.4, 0.2, 1.0, 0.3, 0.3]
+            took = await asyncio.wait_for(asyncio.gather(*(failing_after(t) for t in timeouts)), 10)
+            for timeout, elapsed in zip(timeouts, took, strict=True):
+                assert timeout <= elapsed < timeout + 2.0, (timeout, elapsed)
+            assert took[1] < took[4], "a short timeout waited for a longer one"
+    finally:
+        listener.close()
+
+
 def test_blocking_call_timeout() -> None:
     listener, path = silent_server()
     try:

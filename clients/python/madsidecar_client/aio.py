@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import Callable, Sequence
@@ -119,6 +120,11 @@ class Client:
         self._proto = ClientProtocol()
         self._wire: _Wire | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        # Calls awaiting a reply, in deadline order: (deadline, future, timeout).
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any], float]] = (
+            collections.deque()
+        )
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[str, list[NotificationHandler]] = {}
         self._queues: list[asyncio.Queue[Notification]] = []
         self._handler_tasks: set[asyncio.Future[Any]] = set()
@@ -147,6 +153,9 @@ class Client:
 
     async def close(self) -> None:
         self._closed = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         wire = self._wire
         if wire is not None and wire.transport is not None:
             wire.transport.close()
@@ -237,6 +246,18 @@ class Client:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _on_deadline(self) -> None:
+        deadlines = self._deadlines
+        now = asyncio.get_running_loop().time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future, limit = deadlines.popleft()
+            _expire(future, limit)
+        self._deadline_timer = (
+            asyncio.get_running_loop().call_at(deadlines[0][0], self._on_deadline)
+            if deadlines
+            else None
+        )
+
     def _connected_wire(self) -> _Wire | None:
         wire = self._wire
         return wire if wire is not None and wire.transport is not None else None
@@ -252,6 +273,17 @@ class Client:
         if limit is None:
             return await future
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():
+            deadlines.popleft()  # answered calls leave from the front, oldest first
+        if not deadlines or deadline >= deadlines[-1][0]:
+            # Deadlines in call order (the usual case: one timeout for every call) share
+            # one timer for the oldest; a timer per call cost 1.5 us of every call.
+            deadlines.append((deadline, future, limit))
+            if self._deadline_timer is None:
+                self._deadline_timer = loop.call_at(deadlines[0][0], self._on_deadline)
+            return await future
         timer = loop.call_later(limit, _expire, future, limit)
         try:
             return await future
