@@ -279,6 +279,58 @@ def raw_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
         client.close()
 
 
+class _RawAioProtocol(asyncio.Protocol):
+    """The least an asyncio client can do: one future per call, resolved from data_received
+    once the reply's frame is in."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: asyncio.Future[Any] | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        if len(buffer) >= 4:
+            (length,) = struct.unpack_from(">I", buffer)
+            if len(buffer) >= 4 + length:
+                reply = msgpack.unpackb(buffer[4 : 4 + length])
+                self._buffer = buffer[4 + length :]
+                if self.waiting is not None and not self.waiting.done():
+                    self.waiting.set_result(reply)
+                return
+        self._buffer = buffer
+
+
+def raw_aio_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    """Ping round trips from the least an asyncio (uvloop) client can do: pack, write,
+    await a future that data_received resolves. The asyncio counterpart of `raw_latency`."""
+
+    async def run() -> list[int]:
+        loop = asyncio.get_running_loop()
+        transport, wire = await loop.create_unix_connection(_RawAioProtocol, path)
+        msgid = 0
+
+        async def ping() -> None:
+            nonlocal msgid
+            msgid += 1
+            body = msgpack.packb([0, msgid, "ping", []])
+            wire.waiting = loop.create_future()
+            transport.write(struct.pack(">I", len(body)) + body)
+            reply = await wire.waiting
+            if reply[1] != msgid:
+                raise BenchError(f"reply to {reply[1]}, expected {msgid}")
+
+        try:
+            return await alatency_loop(ping, warmup_s, duration_s)
+        finally:
+            transport.close()
+
+    return uvloop.run(run())
+
+
 def raw_pipeline(path: str, depth: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
     client = RawClient(path)
     try:
