@@ -175,7 +175,13 @@ class Client:
             if wire is None:
                 raise ConnectionLostError(f"not connected to {self.path}")
         future = self._send(wire, method, params)
-        return await self._await_reply(future, limit)
+        timer = self._watch(future, limit)
+        if timer is None:
+            return await future
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def pipeline(
         self,
@@ -269,9 +275,13 @@ class Client:
         wire.send(self._proto.request(msgid, method, params))
         return future
 
-    async def _await_reply(self, future: asyncio.Future[Any], limit: float | None) -> Any:
+    def _watch(
+        self, future: asyncio.Future[Any], limit: float | None
+    ) -> asyncio.TimerHandle | None:
+        """Fail `future` with CallTimeoutError after `limit` s; a timer of its own to
+        cancel once answered, or None when the shared one watches it."""
         if limit is None:
-            return await future
+            return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         deadlines = self._deadlines
@@ -283,12 +293,8 @@ class Client:
             deadlines.append((deadline, future, limit))
             if self._deadline_timer is None:
                 self._deadline_timer = loop.call_at(deadlines[0][0], self._on_deadline)
-            return await future
-        timer = loop.call_later(limit, _expire, future, limit)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+            return None
+        return loop.call_later(limit, _expire, future, limit)
 
     async def _ensure_connected(self, limit: float | None) -> None:
         if self._closed:
