@@ -1,17 +1,26 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import madsidecar
 import madsidecar_client
-from madsidecar.build_info import stale_modules
+from madsidecar.build_info import is_compiled, stale_modules
 
 from .support import RedisProcess, SidecarProcess
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    expected = os.environ.get("MADSIDECAR_EXPECT_COMPILED")
+    if expected is not None and is_compiled() != (expected != "0"):
+        pytest.exit(
+            f"expected the {'compiled' if expected != '0' else 'plain Python'} build, "
+            f"imported madsidecar from {madsidecar.__file__} (compiled: {is_compiled()})",
+            returncode=2,
+        )
     stale = stale_modules() + stale_modules(Path(madsidecar_client.__file__).parent)
     if stale:
         pytest.exit(

@@ -220,3 +220,16 @@ async def test_calls_issued_together_take_effect_in_issue_order(sidecar: Sidecar
                 client.pipeline([("cache.set", {"key": "ordered", "value": values[4]})]),
             )
             assert (await client.call("cache.get", {"key": "ordered"}))["value"] == values[4]
+
+
+def test_the_sidecar_runs_the_build_under_test(sidecar: SidecarProcess) -> None:
+    """`stats.compiled` tells compiled from plain Python; the sidecar a test starts runs the
+    same build as the test process (./dev test runs both)."""
+    from madsidecar.build_info import is_compiled
+
+    with sidecar.client() as client:
+        compiled = client.stats()["compiled"]
+    assert compiled is is_compiled()
+    expected = os.environ.get("MADSIDECAR_EXPECT_COMPILED")
+    if expected is not None:
+        assert compiled is (expected != "0")
