@@ -22,6 +22,7 @@ from .logs import configure_logging
 from .methods import Capability, MethodTable
 from .redis_gateway import RedisGateway, RedisSettings
 from .server import Server
+from .sessions import Sessions
 from .systemd import SystemdNotifier, take_activated_socket
 
 log = structlog.get_logger("madsidecar")
@@ -87,6 +88,7 @@ class Sidecar:
             ),
             self.cache,
             Locks(self.config, self.gateway),
+            Sessions(self.config, self.gateway, self.cache),
         ]
         for capability in self._capabilities:
             for method in capability.methods():

@@ -192,6 +192,20 @@ class Config:
         200, "longest pause between a lock waiter's retries when no wake-up comes",
         minimum=1, maximum=60_000,
     )  # fmt: skip
+    session_l1_ttl_ms: int = _setting(
+        5000, "longest a session lives in a node's L1 (the bound on a lost revocation)",
+        minimum=0, maximum=3_600_000,
+    )  # fmt: skip
+    session_l1_max_entries: int = _setting(
+        100_000, "most sessions a node keeps in L1 (0: none)", minimum=0, maximum=100_000_000
+    )
+    session_touch_interval_ms: int = _setting(
+        60_000, "at most one idle-expiry slide per session this often", minimum=0,
+        maximum=86_400_000,
+    )  # fmt: skip
+    session_secret_file: str | None = _setting(
+        None, "file holding a secret: session tokens are then digested by HMAC-SHA256"
+    )
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
     config_file: str | None = field(default=None, metadata={})
 
@@ -446,6 +460,13 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
                 fh.read(1)
         except OSError as exc:
             raise ConfigError(f"redis_password_file: cannot read it: {exc.strerror}") from None
+    if config.session_secret_file is not None:
+        try:
+            with open(config.session_secret_file, "rb") as fh:
+                if len(fh.read().strip()) < 16:
+                    raise ConfigError("session_secret_file: the secret must be 16 bytes or more")
+        except OSError as exc:
+            raise ConfigError(f"session_secret_file: cannot read it: {exc.strerror}") from None
     return config
 
 
@@ -474,6 +495,13 @@ def reload_changes(old: Config, new: Config) -> tuple[Config, list[str], list[st
         else:
             ignored.append(setting.name)
     return dataclasses.replace(old, **updates), applied, ignored
+
+
+def read_session_secret(config: Config) -> bytes | None:
+    if config.session_secret_file is None:
+        return None
+    with open(config.session_secret_file, "rb") as fh:
+        return fh.read().strip()
 
 
 def read_redis_password(config: Config) -> str | None:

@@ -42,6 +42,10 @@ class FeedHandler(Protocol):
 
 
 class RedisFeed:
+    def add_tracking_prefix(self, prefix: str) -> None:
+        """Track `prefix` too, from the next (re)connection on: call before `start`."""
+        self._prefixes.append(prefix)
+
     def __init__(
         self,
         gateway: RedisGateway,

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import structlog
@@ -108,6 +108,17 @@ class CacheStats:
         self.fills = self.stale_served = self.undecodable = 0
 
 
+class FeedListener(Protocol):
+    """Another capability's in-memory copies of Redis keys, kept coherent by this node's
+    invalidation feed (sessions' L1)."""
+
+    def keys_invalidated(self, keys: list[str]) -> None:
+        """These keys changed in Redis (or expired, or were deleted)."""
+
+    def all_invalidated(self) -> None:
+        """Anything may have changed: the feed broke, came back, or Redis was flushed."""
+
+
 class Cache(CapabilityBase):
     group = "cache"
 
@@ -131,6 +142,7 @@ class Cache(CapabilityBase):
         self._probe_seen = asyncio.Event()
         self._probe_now = asyncio.Event()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listeners: list[tuple[str, FeedListener]] = []
         self._lease_waiters = 0
         # conn_id -> lease key -> (token, ttl_ms the fetch asked for)
         self._leases: dict[int, dict[str, tuple[str, int | None]]] = {}
@@ -594,6 +606,18 @@ class Cache(CapabilityBase):
 
     # -- the invalidation feed ------------------------------------------------------------
 
+    def share_feed(self, prefix: str, listener: FeedListener) -> None:
+        """Keys under `prefix` (which must not overlap the cache's own roots) are tracked
+        by this node's invalidation feed too; `listener` hears of their changes, and of
+        every time L1s must be dropped. Call before `start`."""
+        self._feed.add_tracking_prefix(prefix)
+        self._listeners.append((prefix, listener))
+
+    @property
+    def feed_live(self) -> bool:
+        """Whether invalidations are proven to arrive: whether an L1 may be used."""
+        return self._feed_live
+
     def feed_invalidated(self, keys: list[bytes] | None) -> None:
         if keys is None:
             self._flush("redis flushed its data")
@@ -602,6 +626,8 @@ class Cache(CapabilityBase):
             return
         for raw in keys:
             key = raw.decode("utf-8", "surrogateescape")
+            if self._listeners and self._to_listener(key):
+                continue
             if key.startswith(self._keys.probe_root):
                 if key == self._keys.probe:
                     self._probe_seen.set()
@@ -611,6 +637,13 @@ class Cache(CapabilityBase):
             self._guard.invalidated(key)
             if key in self._waiters:
                 self._wake(key)
+
+    def _to_listener(self, key: str) -> bool:
+        for prefix, listener in self._listeners:
+            if key.startswith(prefix):
+                listener.keys_invalidated([key])
+                return True
+        return False
 
     def feed_message(self, channel: bytes, data: bytes) -> None:
         self._l1.drop_prefix(data.decode("utf-8", "surrogateescape"))
@@ -629,6 +662,8 @@ class Cache(CapabilityBase):
             return
         self._feed_live = live
         self._guard.invalidated_all()
+        for _, listener in self._listeners:
+            listener.all_invalidated()
         if live:
             if self._was_live:
                 # Invalidations may have been missed while the feed was broken.
@@ -645,6 +680,8 @@ class Cache(CapabilityBase):
                 self._wake(key)
 
     def _flush(self, reason: str) -> None:
+        for _, listener in self._listeners:
+            listener.all_invalidated()
         had = self._l1.entries
         self._l1.clear()
         self._guard.invalidated_all()
