@@ -33,6 +33,8 @@ COMPILED = [
     "madsidecar/locks/backends.py",
     "madsidecar/locks/capability.py",
     "madsidecar/locks/keys.py",
+    "madsidecar/sessions/capability.py",
+    "madsidecar/sessions/keys.py",
 ]
 # The Python SDK's call path, as its own extension group: it must not need the daemon's.
 COMPILED_SDK = [

@@ -386,6 +386,31 @@ def lock_specs(
     return [spec for spec in specs if pottery or not spec.key.startswith("pottery_")]
 
 
+def session_specs(placement: str, sidecar: Sidecar, second: Sidecar, redis: Redis,
+                  tasks: int) -> list[Spec]:  # fmt: skip
+    """`session.get` served from L1 against redis-py's HGETALL of a session hash, and the
+    time a revoke on one node takes to stop the session validating on another."""
+    w = workloads
+    p = functools.partial
+    seq, many = f"redis_session_seq@{placement}", f"redis_session_tasks@{placement}"
+    side = sidecar.socket_path
+    return [
+        Spec(seq, placement, "redis", "redis-py asyncio", "HGETALL session, sequential",
+             "latency", p(w.redis_hgetall_latency, redis.socket_path)),
+        Spec(f"sdk_session_l1_seq@{placement}", placement, "sidecar", "Client (uvloop)",
+             "session.get L1, sequential", "latency", p(w.aio_session_l1_latency, side), seq,
+             "redis-py"),
+        Spec(many, placement, "redis", "redis-py asyncio", f"HGETALL session, {tasks} tasks",
+             "rate", p(w.redis_hgetall_concurrent, redis.socket_path, tasks)),
+        Spec(f"sdk_session_l1_tasks@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"session.get L1, {tasks} tasks", "rate",
+             p(w.aio_session_l1_concurrent, side, tasks), many, "redis-py"),
+        Spec(f"sdk_session_revoke_2nodes@{placement}", placement, "sidecar", "Client (uvloop)",
+             "revoke -> nil on node 2", "latency",
+             p(w.aio_session_revoke, side, second.socket_path)),
+    ]  # fmt: skip
+
+
 def have_pottery() -> bool:
     try:
         import pottery  # noqa: F401
@@ -608,6 +633,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             specs += l2_specs(placement, l1_off, redis, args.tasks)
             if number == 0:
                 specs += lock_specs(placement, sidecar, l1_off, redis, pottery)
+                specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}

@@ -986,3 +986,144 @@ def aio_lock_wakeup(first: str, second: str, warmup_s: float, duration_s: float)
             await b.close()
 
     return uvloop.run(run())
+
+
+# -- sessions --------------------------------------------------------------------------
+#
+# A session as the gateway sees it: a user id and a small data map. redis-py reads the
+# same record the way a service without the sidecar would: HGETALL of a hash.
+
+SESSION_DATA = {"roles": ["reader", "writer"], "org": "acme", "plan": "pro"}
+SESSION_HASH = "bench:session:h"
+
+
+def _session_fields() -> dict[str, Any]:
+    return {
+        "sid": "s" * 22,
+        "uid": "user-42",
+        "data": msgpack.packb(SESSION_DATA),
+        "created": 1_700_000_000_000,
+        "seen": 1_700_000_000_000,
+        "idle": 1_800_000,
+        "abs": 1_700_604_800_000,
+        "exp": 1_700_001_800_000,
+    }
+
+
+def redis_hgetall_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    async def run() -> list[int]:
+        client = _redis(path)
+        try:
+            await client.hset(SESSION_HASH, mapping=_session_fields())
+            if len(await client.hgetall(SESSION_HASH)) != 8:
+                raise BenchError("the session hash was not stored")
+            return await alatency_loop(
+                functools.partial(client.hgetall, SESSION_HASH), warmup_s, duration_s
+            )
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+async def _session_l1_ready(client: Any) -> Callable[[], Awaitable[Any]]:
+    """A fresh session, read until this node serves it from L1; then `session.get` of it
+    (touch on, as a proxy validates; the touch interval keeps it an L1 hit)."""
+    made = await client.call("session.create", {"user_id": "user-42", "data": SESSION_DATA})
+    params = {"token": made["token"]}
+    for _ in range(100):
+        before = (await client.call("stats"))["sessions"]["l1_hits"]
+        await client.call("session.get", params)
+        if (await client.call("stats"))["sessions"]["l1_hits"] > before:
+            break
+    else:
+        raise BenchError("the session never reached L1")
+
+    async def get() -> Any:
+        found = await client.call("session.get", params)
+        if found is None:
+            raise BenchError("the session was not found")
+        return found
+
+    return get
+
+
+def aio_session_l1_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    from madsidecar_client import Client
+
+    async def run() -> list[int]:
+        client = await Client.connect(path)
+        try:
+            return await alatency_loop(await _session_l1_ready(client), warmup_s, duration_s)
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def redis_hgetall_concurrent(
+    path: str, tasks: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    async def run() -> tuple[int, int]:
+        client = _redis(path)
+        try:
+            await client.hset(SESSION_HASH, mapping=_session_fields())
+            calls = [functools.partial(client.hgetall, SESSION_HASH)] * tasks
+            return await aconcurrent_rate(calls, warmup_s, duration_s)
+        finally:
+            await client.aclose()
+
+    return uvloop.run(run())
+
+
+def aio_session_l1_concurrent(
+    path: str, tasks: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        try:
+            get = await _session_l1_ready(client)
+            before = (await client.call("stats"))["sessions"]["reads"]
+            done = await aconcurrent_rate([get] * tasks, warmup_s, duration_s)
+            reads = (await client.call("stats"))["sessions"]["reads"] - before
+            if reads > done[0] // 100:
+                raise BenchError(f"{reads} of the session.get calls went to Redis")
+            return done
+        finally:
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def aio_session_revoke(first: str, second: str, warmup_s: float, duration_s: float) -> list[int]:
+    """Create on `first`, read on `second` until its L1 holds the session, revoke on
+    `first`: from the revoke's reply to `second` answering nil, ns per trial."""
+    from madsidecar_client import Client
+
+    async def run() -> list[int]:
+        a, b = await Client.connect(first), await Client.connect(second)
+        samples: list[int] = []
+        clock = time.perf_counter_ns
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < warmup_s + duration_s:
+                made = await a.call("session.create", {"user_id": "user-42"})
+                params = {"token": made["token"], "touch": False}
+                for _ in range(3):
+                    if await b.call("session.get", params) is None:
+                        raise BenchError("the session is not seen on the second node")
+                await a.call("session.revoke", {"token": made["token"]})
+                revoked = clock()
+                while await b.call("session.get", params) is not None:
+                    if clock() - revoked > 5_000_000_000:
+                        raise BenchError("a revoke did not reach the second node in 5 s")
+                if time.monotonic() - started >= warmup_s:
+                    samples.append(clock() - revoked)
+            return samples
+        finally:
+            await a.close()
+            await b.close()
+
+    return uvloop.run(run())

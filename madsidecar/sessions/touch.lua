@@ -21,6 +21,7 @@ redis.call('HSET', KEYS[1], 'seen', now, 'exp', expires)
 redis.call('PEXPIREAT', KEYS[1], expires)
 redis.call('PEXPIREAT', ARGV[2] .. 'i:' .. r['sid'], expires)
 local user = ARGV[2] .. 'u:' .. r['uid']
+redis.call('ZREMRANGEBYSCORE', user, '-inf', now)
 redis.call('ZADD', user, expires, r['sid'])
 local last = redis.call('ZRANGE', user, -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', user, tonumber(last[2]))
