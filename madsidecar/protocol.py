@@ -67,7 +67,10 @@ class Request:
         self.args = args
 
     def __repr__(self) -> str:
-        return f"Request(msgid={self.msgid}, method={self.method!r}, args={self.args!r})"
+        # Argument names only: values may be secrets (session tokens) and must not reach
+        # a log line through a repr.
+        names = sorted(self.args) if isinstance(self.args, dict) else type(self.args).__name__
+        return f"Request(msgid={self.msgid}, method={self.method!r}, args={names})"
 
 
 class InvalidMessage:

@@ -297,3 +297,10 @@ def test_packed_results_are_framed_like_packed_ones(msgid: int, value: Any) -> N
     proto = ServerProtocol()
     spliced = proto.response(msgid, Packed(msgpack.packb(value, use_bin_type=True)))
     assert spliced == proto.response(msgid, value)
+
+
+def test_a_request_repr_names_arguments_but_never_shows_their_values() -> None:
+    request = Request(7, "session.get", {"token": "s3cr3t-token-value", "touch": False})
+    shown = repr(request)
+    assert "session.get" in shown and "token" in shown and "touch" in shown
+    assert "s3cr3t" not in shown
