@@ -20,6 +20,7 @@ from .embedded_redis import EmbeddedRedis
 from .locks import Locks
 from .logs import configure_logging
 from .methods import Capability, MethodTable
+from .pubsub import PubSub
 from .redis_gateway import RedisGateway, RedisSettings
 from .server import Server
 from .sessions import Sessions
@@ -89,6 +90,7 @@ class Sidecar:
             self.cache,
             Locks(self.config, self.gateway),
             Sessions(self.config, self.gateway, self.cache),
+            PubSub(self.config, self.gateway),
         ]
         for capability in self._capabilities:
             for method in capability.methods():

@@ -206,6 +206,10 @@ class Config:
     session_secret_file: str | None = _setting(
         None, "file holding a secret: session tokens are then digested by HMAC-SHA256"
     )
+    pubsub_max_subscriptions: int = _setting(
+        1000, "most pub/sub channels one connection may subscribe to", minimum=1,
+        maximum=1_000_000,
+    )  # fmt: skip
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
     config_file: str | None = field(default=None, metadata={})
 

@@ -121,6 +121,10 @@ class ClientConnection(asyncio.Protocol):
         """The requests of this connection still running."""
         return frozenset(self._tasks)
 
+    @property
+    def congested(self) -> bool:
+        return self._writing_paused
+
     def notify(self, name: str, payload: dict[str, Any]) -> None:
         self._send(self._proto.notification(name, payload))
 

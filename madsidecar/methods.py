@@ -46,6 +46,11 @@ class Client(Protocol):
         """Requests of this connection still running (the caller excluded if inline)."""
         ...
 
+    @property
+    def congested(self) -> bool:
+        """The client is not reading: its replies are piling up past the high-water mark."""
+        ...
+
     def notify(self, name: str, payload: dict[str, Any]) -> None: ...
 
 

@@ -63,6 +63,7 @@ class RedisFeed:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closing_conn: asyncio.Future[None] | None = None
+        self._pending_sends: set[asyncio.Future[Any]] = set()
         self.reconnects = 0
 
     @property
@@ -71,6 +72,37 @@ class RedisFeed:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="redis-feed")
+
+    def subscribe(self, channel: str) -> None:
+        """Receive `channel` too, from now on and after every reconnection."""
+        if channel in self._channels:
+            return
+        self._channels.append(channel)
+        self._send_now("SUBSCRIBE", channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        if channel not in self._channels:
+            return
+        self._channels.remove(channel)
+        self._send_now("UNSUBSCRIBE", channel)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def _send_now(self, *command: str) -> None:
+        """On the live connection, if any (else the next one subscribes from the list).
+        Confirmations come back as pushes, which the pump skips."""
+        conn = self._conn
+        if conn is not None:
+            task = asyncio.ensure_future(conn.send_command(*command))
+            self._pending_sends.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future[Any]) -> None:
+        self._pending_sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.restart(f"cannot send to the feed: {task.exception()}")
 
     async def close(self) -> None:
         self._closing = True
