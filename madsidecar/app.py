@@ -20,6 +20,7 @@ from .embedded_redis import EmbeddedRedis
 from .locks import Locks
 from .logs import configure_logging
 from .methods import Capability, MethodTable
+from .presence import Presence
 from .pubsub import PubSub
 from .redis_gateway import RedisGateway, RedisSettings
 from .server import Server
@@ -91,6 +92,7 @@ class Sidecar:
             Locks(self.config, self.gateway),
             Sessions(self.config, self.gateway, self.cache),
             PubSub(self.config, self.gateway),
+            Presence(self.config, self.gateway),
         ]
         for capability in self._capabilities:
             for method in capability.methods():

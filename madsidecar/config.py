@@ -206,6 +206,26 @@ class Config:
     session_secret_file: str | None = _setting(
         None, "file holding a secret: session tokens are then digested by HMAC-SHA256"
     )
+    presence_node_timeout_ms: int = _setting(
+        15_000, "a node whose heartbeat stops this long has its presence entries removed",
+        minimum=300, maximum=3_600_000,
+    )  # fmt: skip
+    presence_sweep_interval_ms: int = _setting(
+        5000, "how often a node looks for dead nodes' presence entries", minimum=100,
+        maximum=3_600_000,
+    )  # fmt: skip
+    presence_leave_grace_ms: int = _setting(
+        0, "how long after its connection closes an entry leaves (absorbs reconnects)",
+        minimum=0, maximum=600_000,
+    )  # fmt: skip
+    presence_max_tracked: int = _setting(
+        10_000, "most presence entries one connection may track", minimum=1,
+        maximum=10_000_000,
+    )  # fmt: skip
+    presence_max_meta_bytes: int = _setting(
+        4096, "largest presence entry (key and meta, encoded)", minimum=64,
+        maximum=1_048_576,
+    )  # fmt: skip
     pubsub_max_subscriptions: int = _setting(
         1000, "most pub/sub channels one connection may subscribe to", minimum=1,
         maximum=1_000_000,

@@ -64,6 +64,9 @@ class RedisFeed:
         self._closing = False
         self._closing_conn: asyncio.Future[None] | None = None
         self._pending_sends: set[asyncio.Future[Any]] = set()
+        # Channels Redis confirmed on the live connection; callers waiting for others.
+        self._confirmed: set[str] = set()
+        self._awaiting: dict[str, list[asyncio.Future[None]]] = {}
         self.reconnects = 0
 
     @property
@@ -73,17 +76,25 @@ class RedisFeed:
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="redis-feed")
 
-    def subscribe(self, channel: str) -> None:
-        """Receive `channel` too, from now on and after every reconnection."""
-        if channel in self._channels:
-            return
-        self._channels.append(channel)
-        self._send_now("SUBSCRIBE", channel)
+    def subscribe(self, channel: str) -> asyncio.Future[None]:
+        """Receive `channel` too, from now on and after every reconnection. The future is
+        done once Redis confirmed the subscription on the live connection: messages
+        published after that reach us."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if channel in self._confirmed:
+            done.set_result(None)
+            return done
+        self._awaiting.setdefault(channel, []).append(done)
+        if channel not in self._channels:
+            self._channels.append(channel)
+            self._send_now("SUBSCRIBE", channel)
+        return done
 
     def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:
             return
         self._channels.remove(channel)
+        self._confirmed.discard(channel)
         self._send_now("UNSUBSCRIBE", channel)
 
     @property
@@ -158,7 +169,7 @@ class RedisFeed:
             channels = [INVALIDATE_CHANNEL.decode(), *self._channels]
             await conn.send_command("SUBSCRIBE", *channels)
             for _ in channels:
-                await conn.read_response()
+                self._note_push(await conn.read_response())
 
     async def _pump(self, conn: AbstractConnection) -> str:
         """Deliver pushes until the connection breaks; returns why it broke."""
@@ -170,7 +181,8 @@ class RedisFeed:
             except Exception as exc:
                 return f"feed connection lost: {exc}" if str(exc) else "feed connection lost"
             if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
-                continue  # subscribe confirmations, pongs
+                self._note_push(message)  # subscribe confirmations, pongs
+                continue
             channel, data = message[1], message[2]
             try:
                 if channel == INVALIDATE_CHANNEL:
@@ -180,7 +192,17 @@ class RedisFeed:
             except Exception:
                 log.exception("feed_handler_failed", channel=channel)
 
+    def _note_push(self, message: Any) -> None:
+        if isinstance(message, list) and len(message) >= 2 and message[0] == b"subscribe":
+            channel = message[1].decode("utf-8", "surrogateescape")
+            if channel in self._channels:
+                self._confirmed.add(channel)
+            for waiter in self._awaiting.pop(channel, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
     async def _drop_connection(self) -> None:
+        self._confirmed.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ connection is down does not reach that node's subscribers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from typing import Any, Final
@@ -20,7 +21,7 @@ import msgpack
 import structlog
 
 from ..config import Config
-from ..errors import BadRequest
+from ..errors import BadRequest, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway
@@ -102,7 +103,7 @@ class PubSub(CapabilityBase):
         self._stats.published += 1
         return {"receivers": int(receivers)}
 
-    def subscribe(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+    def subscribe(self, client: Client, args: dict[str, Any]) -> Any:
         channel = self._channel(client.namespace, args["channel"])
         mine = self._by_conn.setdefault(client.conn_id, {})
         if channel in mine:
@@ -118,8 +119,21 @@ class PubSub(CapabilityBase):
         local = self._local.get(channel)
         if local is None:
             local = self._local[channel] = {}
-            self._feed.subscribe(channel)
         local[client.conn_id] = subscription
+        return self._confirmed(self._feed.subscribe(channel))
+
+    async def _confirmed(self, subscribed: asyncio.Future[None]) -> dict[str, Any]:
+        """Answered once Redis confirmed the node's subscription: a message published
+        after the reply reaches the subscriber."""
+        try:
+            async with asyncio.timeout(self._gateway.timeout_s):
+                await asyncio.shield(subscribed)
+        except TimeoutError:
+            raise Unavailable(
+                "pubsub.subscribe: redis did not confirm the subscription in time; it stays "
+                "registered and takes effect when the pub/sub connection is back",
+                retry_after_ms=int(self._gateway.timeout_s * 1000),
+            ) from None
         return {"ok": True}
 
     def unsubscribe(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
