@@ -53,6 +53,19 @@ TARGET_L1_AIO_P50_RATIO = 0.8  # at most
 TARGET_L1_PIPELINE_RATIO = 0.4  # at least
 TARGET_L2_TASKS_RATIO = 2.0  # at least
 TARGET_L1_LOADED_RSS_MIB = round(150e6 / MIB, 1)  # at most: 150 MB
+TARGET_PRESENCE_LOADED_RSS_MIB = round(250e6 / MIB, 1)  # at most: 250 MB, 100,000 entries
+PRESENCE_LATENCY_TRIALS = 200
+PUBSUB_SUBSCRIBERS = 100
+# The presence load's sidecar: the fleet's key prefix (its diffs reach the second
+# sidecar), heartbeats every 200 ms, and nothing else of its own on the Redis link (no
+# sweeper, cache probe or health probe in the measured window).
+PRESENCE_SETTINGS: dict[str, object] = {
+    "node_id": "bench-presence",
+    "presence_node_timeout_ms": 600,
+    "presence_sweep_interval_ms": 600_000,
+    "cache_probe_interval_ms": 60_000,
+    "redis_health_interval_ms": 60_000,
+}
 CACHE_LOAD_BATCH = 1000
 DEFAULT_L1_MAX_ENTRIES = 100_000  # the sidecar's default l1_max_entries
 
@@ -411,6 +424,16 @@ def session_specs(placement: str, sidecar: Sidecar, second: Sidecar, redis: Redi
     ]  # fmt: skip
 
 
+def pubsub_specs(placement: str, sidecar: Sidecar) -> list[Spec]:
+    """Pub/sub fan-out: one publisher, PUBSUB_SUBSCRIBERS subscribers on one node."""
+    return [
+        Spec(f"sdk_pubsub_fanout@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"pub/sub to {PUBSUB_SUBSCRIBERS} subscribers", "rate",
+             functools.partial(workloads.aio_pubsub_fanout, sidecar.socket_path,
+                               PUBSUB_SUBSCRIBERS)),
+    ]  # fmt: skip
+
+
 def have_pottery() -> bool:
     try:
         import pottery  # noqa: F401
@@ -449,6 +472,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=100_000,
         help="entries loaded into a fresh sidecar's L1 for its RSS (default 100000; 0: skip)",
+    )
+    parser.add_argument(
+        "--presence-entries",
+        type=int,
+        default=100_000,
+        help="presence entries tracked on a fresh sidecar (default 100000; 0: skip)",
     )
     parser.add_argument(
         "--placement",
@@ -597,6 +626,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     exit_statuses: dict[str, int | None] = {}
     watchdog: Watchdog | None = None
     load_memory = args.cache_entries > 0 and (not args.only or args.only in "l1_memory")
+    load_presence = args.presence_entries > 0 and (not args.only or args.only in "presence_load")
     pottery = have_pottery()
     if not pottery:
         progress("pottery is not installed (`pip install -e '.[test]'`): no Redlock row")
@@ -634,6 +664,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if number == 0:
                 specs += lock_specs(placement, sidecar, l1_off, redis, pottery)
                 specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
+                specs += pubsub_specs(placement, sidecar)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}
@@ -676,6 +707,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             servers.append(memory_sidecar)  # the watchdog's list too
             sidecars["sidecar_l1_memory"] = memory_sidecar
             memory["sidecar_l1_loaded"] = load_l1_memory(memory_sidecar, args.cache_entries)
+        if load_presence:
+            settings = dict(PRESENCE_SETTINGS, presence_max_tracked=args.presence_entries)
+            presence_sidecar = Sidecar(redis.url, settings)
+            servers.append(presence_sidecar)
+            sidecars["sidecar_presence"] = presence_sidecar
+            memory["presence_loaded"] = run_presence_load(
+                presence_sidecar, l1_off, args.presence_entries
+            )
         # Idle means idle: past redis_timeout_ms (1 s by default), so no per-request timer
         # or buffer of the last workload is still alive when RSS is read.
         time.sleep(max(0.0, IDLE_WAIT_S - (time.monotonic() - last_traffic)))
@@ -699,6 +738,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sidecar_exit_status": exit_statuses.get("sidecar"),
         "sidecar_exit_statuses": exit_statuses,
     }
+
+
+def run_presence_load(sidecar: Sidecar, watcher: Sidecar, entries: int) -> dict[str, Any]:
+    """Start `sidecar`; join-to-diff latency to a subscriber on `watcher`; `entries`
+    entries tracked; Redis commands per heartbeat; RSS; all untracked."""
+    sidecar.start()
+    at_start = rss_mib(sidecar.pid)
+    progress(f"presence: tracking {entries:,} entries on a fresh sidecar (pid {sidecar.pid})")
+    loaded = workloads.load_presence(
+        sidecar.socket_path,
+        watcher.socket_path,
+        entries,
+        PRESENCE_LATENCY_TRIALS,
+        lambda: rss_mib(sidecar.pid),
+    )
+    latency = sorted(loaded.pop("join_to_diff_ns"))
+    result = {
+        **loaded,
+        "rss_after_start_mib": at_start["rss_mib"],
+        "join_to_diff_p50_us": round(percentile(latency, 50), 1),
+        "join_to_diff_p99_us": round(percentile(latency, 99), 1),
+    }
+    progress(
+        f"presence: {result['held']:,} held, RSS {result['rss_mib']} MiB, "
+        f"{result['track_per_s']:,} tracks/s, {result['untrack_per_s']:,} untracks/s, "
+        f"{result['commands_per_heartbeat']} Redis commands per heartbeat"
+    )
+    return result
 
 
 def load_l1_memory(sidecar: Sidecar, entries: int) -> dict[str, Any]:
@@ -776,6 +843,12 @@ def evaluate(
         check(
             f"sidecar RSS, {loaded['l1_entries']:,} L1 entries (150 MB)",
             loaded["rss_mib"], "<=", TARGET_L1_LOADED_RSS_MIB, " MiB",
+        )  # fmt: skip
+    presence = memory.get("presence_loaded")
+    if presence:
+        check(
+            f"sidecar RSS, {presence['held']:,} presence entries (250 MB)",
+            presence["rss_mib"], "<=", TARGET_PRESENCE_LOADED_RSS_MIB, " MiB",
         )  # fmt: skip
     return checks
 
@@ -910,6 +983,22 @@ def render(
             f"(peak {loaded['peak_rss_mib']} MiB): a fresh sidecar, {loaded['l1_entries']:,} "
             f"entries of 100 B in L1; {loaded['rss_after_start_mib']} MiB at start, "
             f"{loaded['bytes_per_entry']} bytes per entry"
+        )
+    presence = memory.get("presence_loaded")
+    if presence:
+        lines.append(
+            f"{'sidecar RSS, presence loaded':<29} {presence['rss_mib']:6.1f} MiB "
+            f"(peak {presence['peak_rss_mib']} MiB): a fresh sidecar holding "
+            f"{presence['held']:,} presence entries over {workloads.PRESENCE_CONNECTIONS} "
+            f"connections and {workloads.PRESENCE_CHANNELS} channels"
+        )
+        lines.append(
+            f"presence: {presence['track_per_s']:,} tracks/s and {presence['untrack_per_s']:,} "
+            f"untracks/s (pipelined {workloads.PRESENCE_BATCH} deep); "
+            f"{presence['commands_per_heartbeat']} Redis commands per heartbeat with all held "
+            f"({presence['redis_commands']} in {presence['heartbeats']} heartbeats); "
+            f"join on one node -> diff on another p50 {presence['join_to_diff_p50_us']} us, "
+            f"p99 {presence['join_to_diff_p99_us']} us ({PRESENCE_LATENCY_TRIALS} trials)"
         )
     if checks:
         lines.append("")

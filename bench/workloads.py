@@ -1127,3 +1127,164 @@ def aio_session_revoke(first: str, second: str, warmup_s: float, duration_s: flo
             await b.close()
 
     return uvloop.run(run())
+
+
+# -- presence and pub/sub -----------------------------------------------------------------
+
+PRESENCE_CHANNELS = 100
+PRESENCE_BATCH = 200
+PRESENCE_CONNECTIONS = 10
+
+
+def load_presence(
+    path: str,
+    watcher_path: str,
+    entries: int,
+    trials: int,
+    measure_rss: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """On a fresh sidecar: join-to-diff latency to a watcher on another node (`trials`
+    sequential tracks), then `entries` entries tracked over PRESENCE_CONNECTIONS
+    connections and PRESENCE_CHANNELS channels (pipelined), Redis commands per heartbeat
+    with all of them held, and untracking them all."""
+    from madsidecar_client import Client
+
+    async def run() -> dict[str, Any]:
+        clients = [await Client.connect(path) for _ in range(PRESENCE_CONNECTIONS)]
+        watcher = await Client.connect(watcher_path)
+        try:
+            latency = await _join_to_diff(clients[0], watcher, trials)
+            tracked, track_s = await _track_all(clients, entries)
+            per_heartbeat = await _commands_per_heartbeat(clients[0])
+            rss = measure_rss()  # with every entry held
+            untrack_s = await _untrack_all(clients, tracked)
+            return {
+                "join_to_diff_ns": latency,
+                "tracked": sum(len(refs) for refs in tracked),
+                "track_per_s": round(entries / track_s),
+                "untrack_per_s": round(entries / untrack_s),
+                **rss,
+                **per_heartbeat,
+            }
+        finally:
+            for client in [*clients, watcher]:
+                await client.close()
+
+    return uvloop.run(run())
+
+
+async def _join_to_diff(tracker: Any, watcher: Any, trials: int) -> list[int]:
+    arrived: asyncio.Queue[int] = asyncio.Queue()
+    watcher.on("presence.diff", lambda note: arrived.put_nowait(time.perf_counter_ns()))
+    await watcher.call("presence.subscribe", {"channel": "bench:latency"})
+    samples = []
+    for i in range(trials):
+        sent = time.perf_counter_ns()
+        reply = await tracker.call("presence.track", {"channel": "bench:latency", "key": f"u{i}"})
+        samples.append(await asyncio.wait_for(arrived.get(), 5) - sent)
+        await tracker.call("presence.untrack", {"channel": "bench:latency", "ref": reply["ref"]})
+        await asyncio.wait_for(arrived.get(), 5)
+    return samples
+
+
+async def _track_all(clients: list[Any], entries: int) -> tuple[list[list[str]], float]:
+    per_client = entries // len(clients)
+
+    async def fill(index: int, client: Any) -> list[str]:
+        refs: list[str] = []
+        for start in range(0, per_client, PRESENCE_BATCH):
+            calls: list[tuple[str, dict[str, Any] | None]] = [
+                ("presence.track", {
+                    "channel": f"bench:room{(start + i) % PRESENCE_CHANNELS}",
+                    "key": f"user{index}-{start + i}",
+                    "meta": {"status": "online"},
+                })
+                for i in range(min(PRESENCE_BATCH, per_client - start))
+            ]  # fmt: skip
+            for result in await client.pipeline(calls):
+                if not isinstance(result, dict):
+                    raise BenchError(f"presence.track failed: {result}")
+                refs.append(result["ref"])
+        return refs
+
+    started = time.perf_counter()
+    tracked = await asyncio.gather(*(fill(i, c) for i, c in enumerate(clients)))
+    return list(tracked), time.perf_counter() - started
+
+
+async def _commands_per_heartbeat(client: Any) -> dict[str, Any]:
+    before = await client.call("stats")
+    await asyncio.sleep(1.5)
+    after = await client.call("stats")
+    beats = after["presence"]["heartbeats"] - before["presence"]["heartbeats"]
+    commands = after["redis"]["commands"] - before["redis"]["commands"]
+    if beats <= 0:
+        raise BenchError("no presence heartbeat in 1.5 s")
+    return {
+        "heartbeats": beats,
+        "redis_commands": commands,
+        "commands_per_heartbeat": round(commands / beats, 2),
+        "held": after["presence"]["tracked"],
+    }
+
+
+async def _untrack_all(clients: list[Any], tracked: list[list[str]]) -> float:
+    async def empty(client: Any, refs: list[str]) -> None:
+        for start in range(0, len(refs), PRESENCE_BATCH):
+            calls: list[tuple[str, dict[str, Any] | None]] = [
+                ("presence.untrack", {"channel": f"bench:room{(start + i) % PRESENCE_CHANNELS}",
+                                      "ref": ref})
+                for i, ref in enumerate(refs[start : start + PRESENCE_BATCH])
+            ]  # fmt: skip
+            for result in await client.pipeline(calls):
+                if result != {"removed": True}:
+                    raise BenchError(f"presence.untrack failed: {result}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(empty(c, refs) for c, refs in zip(clients, tracked, strict=True)))
+    return time.perf_counter() - started
+
+
+def aio_pubsub_fanout(
+    path: str, subscribers: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """`subscribers` Clients subscribed to one channel on the sidecar, one publisher
+    publishing 100-byte messages 16 at a time: messages delivered (all subscribers)."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        clients = [await Client.connect(path) for _ in range(subscribers)]
+        publisher = await Client.connect(path)
+        delivered = [0]
+
+        def count(note: Any) -> None:
+            delivered[0] += 1
+
+        try:
+            for client in clients:
+                client.on("pubsub.message", count)
+                await client.call("pubsub.subscribe", {"channel": "bench:fanout"})
+            calls: list[tuple[str, dict[str, Any] | None]] = [
+                ("pubsub.publish", {"channel": "bench:fanout", "message": CACHE_VALUE})
+            ] * 16
+            stop = asyncio.Event()
+
+            async def publish() -> None:
+                while not stop.is_set():
+                    await publisher.pipeline(calls)
+
+            task = asyncio.create_task(publish())
+            await asyncio.sleep(warmup_s)
+            start_count, started = delivered[0], time.perf_counter_ns()
+            METER.begin()
+            await asyncio.sleep(duration_s)
+            METER.end()
+            done, elapsed = delivered[0] - start_count, time.perf_counter_ns() - started
+            stop.set()
+            await task
+            return done, elapsed
+        finally:
+            for client in [*clients, publisher]:
+                await client.close()
+
+    return uvloop.run(run())
