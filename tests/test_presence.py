@@ -204,3 +204,28 @@ def test_limits_per_connection(redis_server: RedisProcess) -> None:
         with side.client() as other, pytest.raises(BadRequestError) as caught:
             other.call("presence.track", {"channel": "c", "key": "k", "meta": "m" * 300})
         assert caught.value.argument == "meta"
+
+
+def test_a_node_swept_during_a_pause_writes_its_entries_again(
+    fast_nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    """A partition (here: a pause) longer than the node timeout gets the node swept; its
+    connections are still open, so once it is back its entries are written again."""
+    a, b = fast_nodes
+    with a.client() as tracker, b.client() as watcher:
+        watcher.call("presence.subscribe", {"channel": "split"})
+        ref = tracker.call("presence.track", {"channel": "split", "key": "fay"})["ref"]
+        next_note(watcher, "presence.diff")
+        a.signal(signal.SIGSTOP)
+        try:
+            leave = next_note(watcher, "presence.diff", 1.0 + 0.3 + 2.0)
+            assert leave["leaves"]["fay"][0]["ref"] == ref
+        finally:
+            a.signal(signal.SIGCONT)
+        back = next_note(watcher, "presence.diff", 3.0)
+        assert back["joins"]["fay"][0]["ref"] == ref, "the entry did not come back"
+        members = watcher.call("presence.list", {"channel": "split"})["members"]
+        assert refs(members) == {ref}
+        assert tracker.call("presence.untrack", {"channel": "split", "ref": ref}) == {
+            "removed": True
+        }

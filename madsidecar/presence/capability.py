@@ -44,14 +44,17 @@ SWEEP_CLAIM_MS: Final = 30_000
 class Tracked:
     """An entry this node holds for one of its connections."""
 
-    __slots__ = ("channel", "entries", "key", "ref", "version_key")
+    __slots__ = ("channel", "entries", "key", "namespace", "ref", "stored", "version_key")
 
-    def __init__(self, channel: str, entries: str, version_key: str, key: str, ref: str) -> None:
+    def __init__(
+        self, namespace: str, channel: str, key: str, ref: str, stored: bytes, keys: tuple[str, str]
+    ) -> None:
+        self.namespace = namespace
         self.channel = channel  # the client's channel name
-        self.entries = entries
-        self.version_key = version_key
         self.key = key
         self.ref = ref
+        self.stored = stored  # as in Redis: MessagePack [key, entry]
+        self.entries, self.version_key = keys
 
 
 class Watched:
@@ -146,12 +149,10 @@ class Presence(CapabilityBase):
         namespace, channel = client.namespace, args["channel"]
         ref = f"{self._tag}.{secrets.token_urlsafe(9)}"
         stored = self._stored(args["key"], ref, args["meta"])
-        entries, version_key, diff_channel = self._keys(namespace, channel)
-        tracked = Tracked(channel, entries, version_key, args["key"], ref)
+        entries, version_key, _ = self._keys(namespace, channel)
+        tracked = Tracked(namespace, channel, args["key"], ref, stored, (entries, version_key))
         mine[ref] = tracked  # before the write: a close meanwhile still untracks it
-        await self._scripts["track"].call(
-            self._gateway, [entries, version_key, self._my_channels], [ref, stored, diff_channel]
-        )
+        await self._write(tracked)
         return {"ref": ref}
 
     async def update(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +164,8 @@ class Presence(CapabilityBase):
         version = await self._scripts["update"].call(
             self._gateway, [entries, version_key], [tracked.ref, stored, diff_channel]
         )
+        if version:
+            tracked.stored = stored
         return {"updated": bool(version)}
 
     async def untrack(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +273,9 @@ class Presence(CapabilityBase):
 
     async def _heartbeat(self) -> None:
         """Two commands per interval, whatever the number of entries: the lease, and the
-        node's name in the registry the sweepers read."""
+        node's name in the registry the sweepers read. The name missing from the registry
+        means this node was swept (a partition longer than presence_node_timeout_ms) or
+        Redis lost its data: every entry still held here is written again."""
         timeout_ms = self._config.presence_node_timeout_ms
         while True:
             await self._gateway.wait_connected()
@@ -278,13 +283,21 @@ class Presence(CapabilityBase):
                 await self._gateway.execute(
                     "SET", self._lease, self._config.node_id, "PX", timeout_ms
                 )
-                await self._gateway.execute("SADD", self._registry, self._tag)
+                missing = await self._gateway.execute("SADD", self._registry, self._tag)
+                if missing and self.heartbeats and any(self._tracked.values()):
+                    await self._write_all_again()
             except Exception as exc:
                 log.warning("presence_heartbeat_failed", reason=str(exc))
                 await asyncio.sleep(0.1)
                 continue
             self.heartbeats += 1
             await asyncio.sleep(timeout_ms / 3000)
+
+    async def _write_all_again(self) -> None:
+        held = [entry for entries in self._tracked.values() for entry in entries.values()]
+        log.warning("presence_entries_restored", entries=len(held))
+        for entry in held:
+            await self._write(entry)
 
     async def _sweep_loop(self) -> None:
         interval = self._config.presence_sweep_interval_ms / 1000
@@ -335,6 +348,14 @@ class Presence(CapabilityBase):
                 argument="meta",
             )
         return stored
+
+    async def _write(self, tracked: Tracked) -> None:
+        _, _, diff_channel = self._keys(tracked.namespace, tracked.channel)
+        await self._scripts["track"].call(
+            self._gateway,
+            [tracked.entries, tracked.version_key, self._my_channels],
+            [tracked.ref, tracked.stored, diff_channel],
+        )
 
     async def _remove(self, namespace: str, tracked: Tracked) -> bool:
         _, _, diff_channel = self._keys(namespace, tracked.channel)
