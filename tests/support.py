@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from madsidecar_client import BlockingClient
 
@@ -220,3 +221,11 @@ def running_sidecar(redis: RedisProcess | None, **kwargs: object) -> Iterator[Si
         yield sidecar.start()
     finally:
         sidecar.stop()
+
+
+def kill_redis_client(direct: Any, name: str) -> None:
+    """CLIENT KILL the connection a sidecar named `name` (CLIENT SETNAME), as a network
+    fault or a Redis-side kill would cut it."""
+    found = [c for c in direct.client_list() if c["name"] == name]
+    assert found, f"no Redis connection named {name!r}"
+    direct.client_kill_filter(_id=found[0]["id"])

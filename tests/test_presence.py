@@ -12,7 +12,7 @@ import redis
 
 from madsidecar_client import BadRequestError, BlockingClient
 
-from .support import RedisProcess, SidecarProcess
+from .support import RedisProcess, SidecarProcess, kill_redis_client
 
 FAST = ["--presence-node-timeout-ms", "1000", "--presence-sweep-interval-ms", "300"]
 
@@ -178,9 +178,7 @@ def test_the_pubsub_connection_killed_subscribers_get_a_fresh_state(
         watcher.call("presence.subscribe", {"channel": "live"})
         first = tracker.call("presence.track", {"channel": "live", "key": "dee"})["ref"]
         next_note(watcher, "presence.diff")
-        feeds = [c for c in direct.client_list() if c["name"] == "madsidecar-presence:b"]
-        assert feeds, "node B's presence connection not found"
-        direct.client_kill_filter(_id=feeds[0]["id"])
+        kill_redis_client(direct, "madsidecar-presence:b")
         # A join while B's subscription is down: B's subscribers learn of it through the
         # fresh state sent once B's connection is back.
         second = tracker.call("presence.track", {"channel": "live", "key": "eve"})["ref"]
@@ -229,3 +227,29 @@ def test_a_node_swept_during_a_pause_writes_its_entries_again(
         assert tracker.call("presence.untrack", {"channel": "split", "ref": ref}) == {
             "removed": True
         }
+
+
+def test_a_leave_grace_absorbs_a_reconnect(redis_server: RedisProcess) -> None:
+    """With presence_leave_grace_ms, a client that reconnects and tracks again never
+    makes its key leave: the new entry joins before the old one goes."""
+    grace = ["--presence-leave-grace-ms", "500", "--node-id", "g"]
+    side = SidecarProcess(redis_server.url, extra_args=[*FAST, *grace]).start()
+    try:
+        with side.client() as watcher:
+            watcher.call("presence.subscribe", {"channel": "flaky"})
+            first = side.client()
+            old = first.call("presence.track", {"channel": "flaky", "key": "gil"})["ref"]
+            next_note(watcher, "presence.diff")
+            first.close()
+            closed = time.monotonic()
+            again = side.client()
+            new = again.call("presence.track", {"channel": "flaky", "key": "gil"})["ref"]
+            assert next_note(watcher, "presence.diff")["joins"]["gil"][0]["ref"] == new
+            assert watcher.call("presence.count", {"channel": "flaky"}) == {"keys": 1, "refs": 2}
+            leave = next_note(watcher, "presence.diff", 2.0)
+            assert leave["leaves"]["gil"][0]["ref"] == old
+            assert time.monotonic() - closed >= 0.45, "the old entry left before the grace"
+            assert watcher.call("presence.count", {"channel": "flaky"}) == {"keys": 1, "refs": 1}
+            again.close()
+    finally:
+        side.stop()

@@ -13,7 +13,7 @@ import redis
 
 from madsidecar_client import BlockingClient
 
-from .support import RedisProcess, SidecarProcess
+from .support import RedisProcess, SidecarProcess, kill_redis_client
 
 CHANNEL_KEY = "msc:ps:7:default:{}"
 
@@ -177,9 +177,7 @@ def test_the_pubsub_connection_killed_subscriptions_come_back(
     direct = redis.Redis(unix_socket_path=redis_server.socket_path)
     with a.client() as pub, b.client() as sub:
         sub.call("pubsub.subscribe", {"channel": "resilient"})
-        feeds = [c for c in direct.client_list() if c["name"] == "madsidecar-pubsub:b"]
-        assert feeds, "node B's pub/sub connection not found"
-        direct.client_kill_filter(_id=feeds[0]["id"])
+        kill_redis_client(direct, "madsidecar-pubsub:b")
         deadline = time.monotonic() + 5
         while pub.call("pubsub.publish", {"channel": "resilient", "message": "x"}) != {
             "receivers": 1

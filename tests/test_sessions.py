@@ -19,7 +19,7 @@ from madsidecar.redis_gateway import RedisGateway, RedisSettings
 from madsidecar.sessions import Sessions
 from madsidecar_client import BadRequestError, BlockingClient
 
-from .support import RedisProcess, SidecarProcess
+from .support import RedisProcess, SidecarProcess, kill_redis_client
 from .test_cache_hazards import DeafHandler, FakeClient
 
 
@@ -348,9 +348,7 @@ def test_feed_killed_revoked_session_stops_validating(
     with a.client() as auth, b.client() as proxy:
         made = create(auth, "judy")
         warm(proxy, made["token"])
-        feeds = [c for c in direct.client_list() if c["name"] == "madsidecar-cache-feed:b"]
-        assert feeds, "node B's feed connection not found"
-        direct.client_kill_filter(_id=feeds[0]["id"])
+        kill_redis_client(direct, "madsidecar-cache-feed:b")
         assert auth.call("session.revoke", {"token": made["token"]}) == {"revoked": True}
         revoked = time.monotonic()
         while get(proxy, made["token"]) is not None:
