@@ -152,7 +152,11 @@ class Presence(CapabilityBase):
         entries, version_key, _ = self._keys(namespace, channel)
         tracked = Tracked(namespace, channel, args["key"], ref, stored, (entries, version_key))
         mine[ref] = tracked  # before the write: a close meanwhile still untracks it
-        await self._write(tracked)
+        try:
+            await self._write(tracked)
+        except BaseException:
+            mine.pop(ref, None)  # the caller is told it failed: never write it later
+            raise
         return {"ref": ref}
 
     async def update(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -222,11 +226,12 @@ class Presence(CapabilityBase):
         namespace = client.namespace
         for entry in tracked.values():
             if grace_s > 0:
-                asyncio.get_running_loop().call_later(
-                    grace_s, self._in_background, self._remove(namespace, entry)
-                )
+                asyncio.get_running_loop().call_later(grace_s, self._remove_later, namespace, entry)
             else:
-                self._in_background(self._remove(namespace, entry))
+                self._remove_later(namespace, entry)
+
+    def _remove_later(self, namespace: str, entry: Tracked) -> None:
+        self._in_background(self._remove(namespace, entry))
 
     # -- diffs ----------------------------------------------------------------------------
 
