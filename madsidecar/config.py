@@ -227,7 +227,7 @@ class Config:
         maximum=1_048_576,
     )  # fmt: skip
     pubsub_max_subscriptions: int = _setting(
-        1000, "most pub/sub channels one connection may subscribe to", minimum=1,
+        1000, "most channels one connection may subscribe to (pub/sub; presence)", minimum=1,
         maximum=1_000_000,
     )  # fmt: skip
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})

@@ -193,6 +193,7 @@ def test_limits_per_connection(redis_server: RedisProcess) -> None:
     from .support import running_sidecar
 
     args = ["--presence-max-tracked", "2", "--presence-max-meta-bytes", "200"]
+    args += ["--pubsub-max-subscriptions", "2"]
     with running_sidecar(redis_server, extra_args=args) as side, side.client() as client:
         for i in range(2):
             client.call("presence.track", {"channel": "c", "key": f"k{i}"})
@@ -202,6 +203,11 @@ def test_limits_per_connection(redis_server: RedisProcess) -> None:
         with side.client() as other, pytest.raises(BadRequestError) as caught:
             other.call("presence.track", {"channel": "c", "key": "k", "meta": "m" * 300})
         assert caught.value.argument == "meta"
+        for channel in ("s1", "s2", "s1"):
+            client.call("presence.subscribe", {"channel": channel})
+        with pytest.raises(BadRequestError) as caught:
+            client.call("presence.subscribe", {"channel": "s3"})
+        assert "pubsub_max_subscriptions" in str(caught.value)
 
 
 def test_a_node_swept_during_a_pause_writes_its_entries_again(
@@ -253,3 +259,27 @@ def test_a_leave_grace_absorbs_a_reconnect(redis_server: RedisProcess) -> None:
             again.close()
     finally:
         side.stop()
+
+
+def test_redis_restarted_empty_entries_are_written_again(
+    redis_server: RedisProcess, fast_nodes: tuple[SidecarProcess, SidecarProcess]
+) -> None:
+    """Redis restarts without its data: subscribers get a fresh state, and every entry a
+    live connection still holds is written again (with its join) within a heartbeat."""
+    a, b = fast_nodes
+    with a.client() as tracker, b.client() as watcher:
+        watcher.call("presence.subscribe", {"channel": "restart"})
+        refs_made = {
+            tracker.call("presence.track", {"channel": "restart", "key": f"h{i}"})["ref"]
+            for i in range(3)
+        }
+        for _ in range(3):
+            next_note(watcher, "presence.diff")
+        redis_server.kill()
+        redis_server.start()
+        state = next_note(watcher, "presence.state", 10)
+        assert state["version"] >= 0  # counting starts over with the data gone
+        deadline = time.monotonic() + 10
+        while refs(watcher.call("presence.list", {"channel": "restart"})["members"]) != refs_made:
+            assert time.monotonic() < deadline, "entries were not written again"
+            time.sleep(0.05)

@@ -191,6 +191,14 @@ class Presence(CapabilityBase):
     async def subscribe(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         namespace, channel = client.namespace, args["channel"]
         entries, version_key, diff_channel = self._keys(namespace, channel)
+        watching = self._watching.get(client.conn_id, ())
+        limit = self._config.pubsub_max_subscriptions
+        if diff_channel not in watching and len(watching) >= limit:
+            raise BadRequest(
+                f"presence.subscribe: at most {limit} channels per connection "
+                "(pubsub_max_subscriptions)",
+                argument="channel",
+            )
         watched = self._watched.get(diff_channel)
         if watched is None:
             watched = self._watched[diff_channel] = Watched(
