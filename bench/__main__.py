@@ -424,13 +424,18 @@ def session_specs(placement: str, sidecar: Sidecar, second: Sidecar, redis: Redi
     ]  # fmt: skip
 
 
-def pubsub_specs(placement: str, sidecar: Sidecar) -> list[Spec]:
-    """Pub/sub fan-out: one publisher, PUBSUB_SUBSCRIBERS subscribers on one node."""
+def pubsub_specs(placement: str, sidecar: Sidecar, redis: Redis) -> list[Spec]:
+    """Pub/sub fan-out: one publisher, PUBSUB_SUBSCRIBERS subscribers on one node, against
+    as many redis-py subscribers straight on Redis."""
+    many, w = PUBSUB_SUBSCRIBERS, workloads
+    direct = f"redis_pubsub_fanout@{placement}"
     return [
+        Spec(direct, placement, "redis", "redis-py asyncio", f"pub/sub to {many} subscribers",
+             "rate", functools.partial(w.redis_pubsub_fanout, redis.socket_path, many)),
         Spec(f"sdk_pubsub_fanout@{placement}", placement, "sidecar", "Client (uvloop)",
-             f"pub/sub to {PUBSUB_SUBSCRIBERS} subscribers", "rate",
-             functools.partial(workloads.aio_pubsub_fanout, sidecar.socket_path,
-                               PUBSUB_SUBSCRIBERS)),
+             f"pub/sub to {many} subscribers", "rate",
+             functools.partial(w.aio_pubsub_fanout, sidecar.socket_path, many), direct,
+             "redis-py"),
     ]  # fmt: skip
 
 
@@ -664,7 +669,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if number == 0:
                 specs += lock_specs(placement, sidecar, l1_off, redis, pottery)
                 specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
-                specs += pubsub_specs(placement, sidecar)
+                specs += pubsub_specs(placement, sidecar, redis)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}

@@ -1288,3 +1288,52 @@ def aio_pubsub_fanout(
                 await client.close()
 
     return uvloop.run(run())
+
+
+def redis_pubsub_fanout(
+    path: str, subscribers: int, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """The same fan-out straight through Redis: `subscribers` redis-py asyncio PubSub
+    connections on one channel, one publisher pipelining PUBLISH 16 at a time."""
+
+    async def run() -> tuple[int, int]:
+        publisher = _redis(path)
+        readers = [_redis(path) for _ in range(subscribers)]
+        pubsubs = [reader.pubsub() for reader in readers]
+        delivered = [0]
+        stop = asyncio.Event()
+
+        async def receive(pubsub: Any) -> None:
+            while not stop.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if message is not None:
+                    delivered[0] += 1
+
+        async def publish() -> None:
+            while not stop.is_set():
+                pipe = publisher.pipeline(transaction=False)
+                for _ in range(16):
+                    pipe.publish("bench:rfanout", CACHE_VALUE)
+                await pipe.execute()
+
+        try:
+            for pubsub in pubsubs:
+                await pubsub.subscribe("bench:rfanout")
+            tasks = [asyncio.create_task(receive(p)) for p in pubsubs]
+            tasks.append(asyncio.create_task(publish()))
+            await asyncio.sleep(warmup_s)
+            start_count, started = delivered[0], time.perf_counter_ns()
+            METER.begin()
+            await asyncio.sleep(duration_s)
+            METER.end()
+            done, elapsed = delivered[0] - start_count, time.perf_counter_ns() - started
+            stop.set()
+            await asyncio.gather(*tasks)
+            return done, elapsed
+        finally:
+            for pubsub in pubsubs:
+                await pubsub.aclose()
+            for client in [publisher, *readers]:
+                await client.aclose()
+
+    return uvloop.run(run())
