@@ -26,6 +26,7 @@ COMPILED = [
     "madsidecar/redis_gateway.py",
     "madsidecar/redis_scripts.py",
     "madsidecar/redis_feed.py",
+    "madsidecar/background.py",
     "madsidecar/cache/capability.py",
     "madsidecar/cache/guard.py",
     "madsidecar/cache/keys.py",

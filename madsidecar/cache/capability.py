@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 import msgpack
 import structlog
 
+from ..background import BackgroundWork
 from ..config import Config, WarmTarget
 from ..deferred import Deferred
 from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
@@ -146,7 +147,7 @@ class Cache(CapabilityBase):
         self._lease_waiters = 0
         # conn_id -> lease key -> (token, ttl_ms the fetch asked for)
         self._leases: dict[int, dict[str, tuple[str, int | None]]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundWork("cache_background_work_failed")
         self._tasks: list[asyncio.Task[None]] = []
         self._stats = CacheStats()
         self._pack = msgpack.Packer(use_bin_type=True).pack
@@ -199,8 +200,7 @@ class Cache(CapabilityBase):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=self._gateway.timeout_s)
+        await self._background.drain(self._gateway.timeout_s)
         await self._feed.close()
 
     async def warm_up(self, timeout_s: float) -> None:
@@ -212,7 +212,7 @@ class Cache(CapabilityBase):
         except TimeoutError:
             log.warning("cache_not_warm_at_start", timeout_ms=int(timeout_s * 1000))
             if self._config.cache_warm:
-                self._in_background(self._warm_when_live())
+                self._background.start(self._warm_when_live())
 
     async def _warm_when_live(self) -> None:
         await self._feed_live_event.wait()
@@ -242,7 +242,7 @@ class Cache(CapabilityBase):
     def connection_closed(self, client: Client) -> None:
         leases = self._leases.pop(client.conn_id, None)
         for lease_key, (token, _) in (leases or {}).items():
-            self._in_background(
+            self._background.start(
                 self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
             )
 
@@ -509,7 +509,7 @@ class Cache(CapabilityBase):
     def _grant(self, client: Client, lease_key: str, token: str, ttl_ms: int | None) -> None:
         self._stats.leases_granted += 1
         if client.closed:
-            self._in_background(
+            self._background.start(
                 self._scripts["release_lease"].run(self._gateway, [lease_key], [token])
             )
         else:
@@ -671,7 +671,7 @@ class Cache(CapabilityBase):
             self._feed_live_event.set()
             if self._config.cache_warm and self._was_live:
                 # At start `warm_up` does this before READY=1; later, after each flush.
-                self._in_background(self._warm_targets(self._config.cache_warm))
+                self._background.start(self._warm_targets(self._config.cache_warm))
             self._was_live = True
         else:
             self._feed_live_event.clear()
@@ -715,16 +715,6 @@ class Cache(CapabilityBase):
             if not self._feed_live:
                 log.info("cache_l1_on")
             self._set_feed_live(True)
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("cache_background_work_failed", reason=str(task.exception()))
 
 
 def _discard(future: Any) -> None:

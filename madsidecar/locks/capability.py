@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import structlog
 
+from ..background import BackgroundWork
 from ..config import Config, quorum_urls, read_redis_password
 from ..deferred import Deferred, then_do
 from ..errors import SidecarError
@@ -117,7 +118,7 @@ class Locks(CapabilityBase):
         self._leases: dict[int, dict[str, Lease]] = {}
         self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._wakes: dict[str, asyncio.Future[None]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundWork("lock_background_work_failed")
         self._stats = LockStats()
         self._tokens = TokenSource()
         # A waiting head retries at least every lock_retry_max_ms, renewing its flag.
@@ -154,8 +155,7 @@ class Locks(CapabilityBase):
         self._feed.start()
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.wait(self._background, timeout=self._gateway.timeout_s * 2)
+        await self._background.drain(self._gateway.timeout_s * 2)
         await self._feed.close()
         for master in self._masters:
             await master.close()
@@ -177,7 +177,7 @@ class Locks(CapabilityBase):
     def connection_closed(self, client: Client) -> None:
         for lease in (self._leases.pop(client.conn_id, None) or {}).values():
             self._stop_renewing(lease)
-            self._in_background(self._release(lease))
+            self._background.start(self._release(lease))
 
     # -- methods --------------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Locks(CapabilityBase):
         """The caller went away during an attempt that may have taken the lock: a release
         of its token, queued behind the attempt on the same link, undoes it (and does
         nothing if it was not taken)."""
-        self._in_background(self._backend.release(key, token))
+        self._background.start(self._backend.release(key, token))
 
     async def _wait_and_acquire(
         self, client: Client, key: str, args: dict[str, Any]
@@ -280,7 +280,7 @@ class Locks(CapabilityBase):
         lease = Lease(key, args["name"], token, attempt.fence, args["ttl_ms"], client, valid_until)
         if client.closed:
             # The caller went away while we were asking: nobody can release it but us.
-            self._in_background(self._release(lease))
+            self._background.start(self._release(lease))
             return {"acquired": False, "ttl_ms": 0}
         self._stats.acquired += 1
         self._leases.setdefault(client.conn_id, {})[key] = lease
@@ -438,11 +438,6 @@ class Locks(CapabilityBase):
 
     def feed_down(self, reason: str) -> None:
         log.warning("lock_wakeups_lost", reason=reason, fallback="retry polling")
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 def _loop_time(monotonic_at: float) -> float:

@@ -26,6 +26,7 @@ from typing import Any, Final
 import msgpack
 import structlog
 
+from ..background import BackgroundWork
 from ..config import Config
 from ..errors import BadRequest, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
@@ -93,7 +94,7 @@ class Presence(CapabilityBase):
         self._watched: dict[str, Watched] = {}  # diff channel -> its local subscribers
         self._watching: dict[int, set[str]] = {}  # conn_id -> diff channels
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Future[Any]] = set()
+        self._background = BackgroundWork("presence_background_work_failed")
         self.heartbeats = 0
 
     def methods(self) -> Iterable[Method]:
@@ -122,8 +123,7 @@ class Presence(CapabilityBase):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._background:
-            await asyncio.wait(self._background, timeout=self._gateway.timeout_s * 2)
+        await self._background.drain(self._gateway.timeout_s * 2)
         await self._feed.close()
 
     def stats(self) -> dict[str, Any]:
@@ -239,7 +239,7 @@ class Presence(CapabilityBase):
                 self._remove_later(namespace, entry)
 
     def _remove_later(self, namespace: str, entry: Tracked) -> None:
-        self._in_background(self._remove(namespace, entry))
+        self._background.start(self._remove(namespace, entry))
 
     # -- diffs ----------------------------------------------------------------------------
 
@@ -253,7 +253,7 @@ class Presence(CapabilityBase):
             return  # already in the state a subscriber was given
         if version != watched.version + 1:
             # A diff went missing: everyone watching gets the whole state again.
-            self._in_background(self._send_state(watched))
+            self._background.start(self._send_state(watched))
             return
         watched.version = version
         diff = _diff(packed, int(joins_text))
@@ -265,7 +265,7 @@ class Presence(CapabilityBase):
     def feed_up(self) -> None:
         # Diffs may have been missed while the connection was down.
         for watched in list(self._watched.values()):
-            self._in_background(self._send_state(watched))
+            self._background.start(self._send_state(watched))
 
     def feed_down(self, reason: str) -> None:
         if self._watched:
@@ -401,16 +401,6 @@ class Presence(CapabilityBase):
         if not watched.subscribers:
             del self._watched[diff_channel]
             self._feed.unsubscribe(diff_channel)
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("presence_background_work_failed", reason=str(task.exception()))
 
 
 def _diff(packed: bytes, joins: int) -> dict[str, dict[str, list[Any]]]:
