@@ -36,6 +36,9 @@ COMPILED = [
     "madsidecar/locks/keys.py",
     "madsidecar/sessions/capability.py",
     "madsidecar/sessions/keys.py",
+    "madsidecar/ratelimit/capability.py",
+    "madsidecar/ratelimit/fallback.py",
+    "madsidecar/ratelimit/keys.py",
 ]
 # The Python SDK's call path, as its own extension group: it must not need the daemon's.
 COMPILED_SDK = [

@@ -22,6 +22,7 @@ from .logs import configure_logging
 from .methods import Capability, MethodTable
 from .presence import Presence
 from .pubsub import PubSub
+from .ratelimit import RateLimits
 from .redis_gateway import RedisGateway, RedisSettings
 from .server import Server
 from .sessions import Sessions
@@ -93,6 +94,7 @@ class Sidecar:
             Sessions(self.config, self.gateway, self.cache),
             PubSub(self.config, self.gateway),
             Presence(self.config, self.gateway),
+            RateLimits(self.config, self.gateway, self.cache),
         ]
         for capability in self._capabilities:
             for method in capability.methods():
@@ -158,6 +160,8 @@ class Sidecar:
             configure_logging(self.config.log_level, self.config.log_format)
         if self.server is not None:
             self.server.apply_config(self.config)
+        for capability in self._capabilities:
+            capability.reconfigure(self.config)
         log.info("reloaded", applied=applied or None, needs_restart=ignored or None)
 
 

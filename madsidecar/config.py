@@ -21,6 +21,7 @@ from .protocol import DEFAULT_MAX_FRAME_BYTES
 ENV_PREFIX: Final = "MADSIDECAR_"
 DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
 MAX_NAME_BYTES: Final = 512
+MAX_WINDOW_MS: Final = 366 * 86_400_000
 METHOD_GROUPS: Final = frozenset(
     {"*", "core", "cache", "lock", "session", "presence", "pubsub", "ratelimit"}
 )
@@ -60,6 +61,38 @@ class PolicyRule:
 
 
 DEFAULT_POLICY: Final = (PolicyRule(),)
+
+RATE_ALGORITHMS: Final = ("sliding_window", "sliding_counter", "gcra")
+ON_REDIS_DOWN: Final = ("allow", "deny", "local")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A limit: `limit` units per `window_ms`."""
+
+    limit: int
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """A named rate limit from the configuration (`[[ratelimit_rules]]`).
+
+    `overrides` gives some keys (a big tenant, an internal IP) a limit of their own.
+    `shadow`: never deny, but report (and count) what would have been denied.
+    """
+
+    name: str
+    limit: int
+    window_ms: int
+    algorithm: str = "sliding_window"
+    on_redis_down: str = "allow"
+    shadow: bool = False
+    overrides: Mapping[str, RateLimit] = field(default_factory=dict)
+
+    def limit_for(self, key: str) -> RateLimit:
+        override = self.overrides.get(key)
+        return override if override is not None else RateLimit(self.limit, self.window_ms)
 
 
 @dataclass(frozen=True)
@@ -230,6 +263,23 @@ class Config:
         1000, "most channels one connection may subscribe to (pub/sub; presence)", minimum=1,
         maximum=1_000_000,
     )  # fmt: skip
+    ratelimit_timeout_ms: int = _setting(
+        50, "longest a rate-limit check waits for Redis before its on_redis_down decides",
+        minimum=1, maximum=60_000, reloadable=True,
+    )  # fmt: skip
+    ratelimit_max_log_limit: int = _setting(
+        10_000, "largest limit sliding_window takes (it keeps one entry per unit in Redis)",
+        minimum=1, maximum=1_000_000, reloadable=True,
+    )  # fmt: skip
+    ratelimit_denial_cache_entries: int = _setting(
+        100_000, "most denied keys a node answers for itself until they may pass (0: none)",
+        minimum=0, maximum=100_000_000,
+    )  # fmt: skip
+    ratelimit_local_max_keys: int = _setting(
+        100_000, "most keys the on_redis_down = local limiter tracks", minimum=1,
+        maximum=100_000_000,
+    )  # fmt: skip
+    ratelimit_rules: tuple[RateRule, ...] = field(default=(), metadata={"reloadable": True})
     policy: tuple[PolicyRule, ...] = field(default=DEFAULT_POLICY, metadata={"reloadable": True})
     config_file: str | None = field(default=None, metadata={})
 
@@ -320,6 +370,8 @@ def _read_toml(path: str) -> dict[str, Any]:
             values["policy"] = _parse_policy(raw, where)
         elif key == "cache_warm":
             values["cache_warm"] = _parse_warm(raw, where)
+        elif key == "ratelimit_rules":
+            values["ratelimit_rules"] = _parse_rate_rules(raw, where)
         elif key in known:
             values[key] = _check_type(known[key], raw, where)
         else:
@@ -409,6 +461,81 @@ def _parse_warm(raw: Any, where: str) -> tuple[WarmTarget, ...]:
     return tuple(targets)
 
 
+_RULE_KEYS: Final = frozenset(
+    {"name", "limit", "window_ms", "algorithm", "on_redis_down", "shadow", "overrides"}
+)
+
+
+def _parse_rate_rules(raw: Any, where: str) -> tuple[RateRule, ...]:
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError(f"ratelimit_rules: expected [[ratelimit_rules]] tables in {where}")
+    rules: list[RateRule] = []
+    for index, table in enumerate(raw):
+        name = table.get("name")
+        here = f"ratelimit_rules[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+        unknown = set(table) - _RULE_KEYS
+        if unknown:
+            raise ConfigError(f"{here}: unknown keys {sorted(unknown)} in {where}")
+        if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_BYTES:
+            raise ConfigError(f"{here}.name: expected a name of 1 to {MAX_NAME_BYTES} bytes")
+        if any(rule.name == name for rule in rules):
+            raise ConfigError(f"{here}.name: {name!r} is defined twice")
+        limit = _parse_rate_limit(table, here)
+        algorithm = table.get("algorithm", "sliding_window")
+        if algorithm not in RATE_ALGORITHMS:
+            raise ConfigError(
+                f"{here}.algorithm: expected one of {', '.join(RATE_ALGORITHMS)}, got {algorithm!r}"
+            )
+        on_down = table.get("on_redis_down", "allow")
+        if on_down not in ON_REDIS_DOWN:
+            raise ConfigError(
+                f"{here}.on_redis_down: expected one of {', '.join(ON_REDIS_DOWN)}, got {on_down!r}"
+            )
+        shadow = table.get("shadow", False)
+        if type(shadow) is not bool:
+            raise ConfigError(f"{here}.shadow: expected true or false")
+        overrides_raw = table.get("overrides", {})
+        if not isinstance(overrides_raw, dict):
+            raise ConfigError(f'{here}.overrides: expected a table such as {{ "key" = 1000 }}')
+        overrides: dict[str, RateLimit] = {}
+        for key, value in overrides_raw.items():
+            spot = f"{here}.overrides.{key}"
+            if isinstance(value, int) and type(value) is not bool:
+                value = {"limit": value}
+            if not isinstance(value, dict) or set(value) - {"limit", "window_ms"}:
+                raise ConfigError(f"{spot}: expected a limit, or {{ limit, window_ms }}")
+            overrides[key] = _parse_rate_limit({"window_ms": limit.window_ms, **value}, spot)
+        rules.append(
+            RateRule(name, limit.limit, limit.window_ms, algorithm, on_down, shadow, overrides)
+        )
+    return tuple(rules)
+
+
+def _parse_rate_limit(table: Mapping[str, Any], here: str) -> RateLimit:
+    limit, window_ms = table.get("limit"), table.get("window_ms")
+    if type(limit) is not int or not 1 <= limit <= 2**40:
+        raise ConfigError(f"{here}.limit: expected an integer from 1 to {2**40}, got {limit!r}")
+    if type(window_ms) is not int or not 1 <= window_ms <= MAX_WINDOW_MS:
+        raise ConfigError(
+            f"{here}.window_ms: expected an integer from 1 to {MAX_WINDOW_MS}, got {window_ms!r}"
+        )
+    return RateLimit(limit, window_ms)
+
+
+def rate_limit_problem(
+    algorithm: str, limit: int, window_ms: int, max_log_limit: int
+) -> str | None:
+    """Why `limit` per `window_ms` cannot be run by `algorithm`, or None."""
+    if algorithm == "sliding_window" and limit > max_log_limit:
+        return (
+            f"limit {limit} is over ratelimit_max_log_limit ({max_log_limit}): sliding_window "
+            f"keeps one Redis entry per unit; use sliding_counter (constant memory) or gcra"
+        )
+    if algorithm == "gcra" and limit > window_ms * 1000:
+        return f"gcra needs at most one unit per microsecond: limit {limit} per {window_ms} ms"
+    return None
+
+
 def _int_set(raw: Any, name: str) -> frozenset[int] | None:
     if raw is None:
         return None
@@ -466,6 +593,14 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
             )
     if config.lock_quorum_urls is not None and len(quorum_urls(config)) < 3:
         raise ConfigError("lock_quorum_urls: Redlock needs at least 3 independent masters")
+    for rule in config.ratelimit_rules:
+        for key, limit in [("", RateLimit(rule.limit, rule.window_ms)), *rule.overrides.items()]:
+            problem = rate_limit_problem(
+                rule.algorithm, limit.limit, limit.window_ms, config.ratelimit_max_log_limit
+            )
+            if problem is not None:
+                where = f".overrides.{key}" if key else ""
+                raise ConfigError(f"ratelimit_rules ({rule.name}){where}: {problem}")
     if config.embedded_persistence and not config.embedded_dir:
         raise ConfigError(
             "embedded_persistence: needs embedded_dir, or the data would go to a "

@@ -60,6 +60,26 @@ class Deferred:
             abandoned or self.abandoned,
         )
 
+    def recover(self, fn: Callable[[BaseException], Any]) -> Deferred:
+        """This answer, with `fn(error)` as the answer wherever it would fail (the next
+        `Deferred`'s failures too, such as a script's EVAL fallback)."""
+        then, on_error = self.then, self.on_error
+
+        def recovered(value: Any) -> Any:
+            result = then(value)
+            return result.recover(fn) if type(result) is Deferred else result
+
+        def recovering(error: BaseException) -> Any:
+            if on_error is None:
+                return fn(error)
+            try:
+                result = on_error(error)
+            except Exception as exc:
+                return fn(exc)
+            return result.recover(fn) if type(result) is Deferred else result
+
+        return Deferred(self.pending, recovered, recovering, self.abandoned)
+
     async def settle(self) -> Any:
         deferred = self
         while True:

@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from .config import MAX_NAME_BYTES, PolicyRule
+from .config import MAX_NAME_BYTES, Config, PolicyRule
 from .errors import BadRequest
 from .peer import PeerCredentials
 
@@ -204,6 +204,10 @@ class Capability(Protocol):
 
     def connection_closed(self, client: Client) -> None: ...
 
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP reloaded the configuration (only reloadable settings change)."""
+        ...
+
 
 # Capabilities written in plain Python (tests, extensions) may derive from it even when
 # this module is compiled.
@@ -226,6 +230,9 @@ class CapabilityBase:
         return None
 
     def connection_closed(self, client: Client) -> None:
+        return None
+
+    def reconfigure(self, config: Config) -> None:
         return None
 
 

@@ -1,0 +1,541 @@
+"""ratelimit.*: exact limits shared by every node, decided by one Redis script per call.
+
+Every check is one atomic script with Redis's clock; `hit_many` puts all its checks in
+the same script, so they consume together or not at all. A denied hit consumes nothing,
+so once Redis says "denied until T" for a key, this node answers further hits of that key
+(of the same cost or more) itself until T: a flood of blocked traffic costs Redis
+nothing, and the answer is still exact. A `ratelimit.reset` anywhere drops those
+remembered denials on every node (through the invalidation feed).
+
+When Redis does not answer within `ratelimit_timeout_ms`, or is down, each check's
+`on_redis_down` decides (allow, deny, or this node's own limiter), marked `degraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from ..cache import Cache
+from ..config import (
+    MAX_WINDOW_MS,
+    ON_REDIS_DOWN,
+    RATE_ALGORITHMS,
+    Config,
+    RateRule,
+    rate_limit_problem,
+)
+from ..errors import BadRequest, SidecarError, Unavailable
+from ..methods import Arg, CapabilityBase, Client, Method
+from ..redis_gateway import RedisGateway
+from ..redis_scripts import LuaScript
+from .fallback import Decision, LocalCheck, LocalLimiter
+from .keys import ALGORITHM_SUFFIXES, RateKeys
+
+log = structlog.get_logger("madsidecar.ratelimit")
+
+MAX_CHECKS: Final = 64
+# A degraded "deny" asks the caller to come back after this long (or the window, if shorter).
+DEGRADED_RETRY_MS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One limit to test: a counter in Redis and how to decide on it."""
+
+    counter: str
+    tag: str
+    algorithm: str
+    limit: int
+    window_ms: int
+    cost: int
+    on_redis_down: str
+    shadow: bool
+
+    def script_args(self) -> tuple[str, int, int, int, int]:
+        return (
+            ALGORITHM_SUFFIXES[self.algorithm],
+            self.limit,
+            self.window_ms,
+            self.cost,
+            1 if self.shadow else 0,
+        )
+
+    def local(self) -> LocalCheck:
+        return LocalCheck(self.counter, self.algorithm, self.limit, self.window_ms, self.cost)
+
+
+@dataclass(slots=True)
+class Denial:
+    """Redis said no to `cost` units of `counter` until `until` (monotonic seconds)."""
+
+    until: float
+    cost: int
+    limit: int
+    window_ms: int
+    remaining: int
+    reset_at: float
+
+
+class RateStats:
+    __slots__ = (
+        "allowed",
+        "checks",
+        "degraded",
+        "denied",
+        "denied_locally",
+        "redis_timeouts",
+        "shadow_denied",
+    )
+
+    def __init__(self) -> None:
+        self.checks = self.allowed = self.denied = self.denied_locally = 0
+        self.degraded = self.shadow_denied = self.redis_timeouts = 0
+
+
+def _check_args(with_cost: bool) -> tuple[Arg, ...]:
+    args: tuple[Arg, ...] = (
+        Arg("key", "name"),
+        Arg("limit", "int", None, minimum=1, maximum=2**40),
+        Arg("window_ms", "int", None, minimum=1, maximum=MAX_WINDOW_MS),
+        Arg("algorithm", "str", None),
+        Arg("rule", "name", None),
+        Arg("on_redis_down", "str", None),
+    )
+    if with_cost:
+        args += (Arg("cost", "int", 1, minimum=1, maximum=2**40),)
+    return args
+
+
+_HIT_ARGS: Final = _check_args(with_cost=True)
+_PEEK_ARGS: Final = _check_args(with_cost=False)
+
+
+def _one_check_method(handler: Any) -> Method:
+    return Method("ratelimit.hit_many", handler, _HIT_ARGS)
+
+
+class RateLimits(CapabilityBase):
+    group = "ratelimit"
+
+    def __init__(self, config: Config, gateway: RedisGateway, cache: Cache) -> None:
+        self._gateway = gateway
+        self._cache = cache
+        self._keys = RateKeys(config.key_prefix)
+        self._check_script = LuaScript.beside(__name__, "check.lua")
+        self._reset_script = LuaScript.beside(__name__, "reset.lua")
+        self._rules: dict[str, RateRule] = {}
+        self._timeout_s = 0.05
+        self._max_log_limit = 0
+        self._max_denials = config.ratelimit_denial_cache_entries
+        self._denials: dict[str, Denial] = {}
+        # Bumped by every reset anywhere: a denial decided before it is not remembered.
+        self._generation = 0
+        self._local = LocalLimiter(config.ratelimit_local_max_keys)
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._degraded_since: float | None = None
+        self._stats = RateStats()
+        self._check_binder = _one_check_method(self.hit)
+        self.reconfigure(config)
+        cache.share_feed(self._keys.marker_root, self)
+
+    def reconfigure(self, config: Config) -> None:
+        self._rules = {rule.name: rule for rule in config.ratelimit_rules}
+        self._timeout_s = config.ratelimit_timeout_ms / 1000
+        self._max_log_limit = config.ratelimit_max_log_limit
+        # Limits may have changed: a remembered denial may no longer hold.
+        self._denials.clear()
+
+    def methods(self) -> Iterable[Method]:
+        return (
+            Method("ratelimit.hit", self.hit, _HIT_ARGS),
+            Method("ratelimit.hit_many", self.hit_many, (Arg("checks", "any"),)),
+            Method("ratelimit.peek", self.peek, _PEEK_ARGS),
+            Method("ratelimit.reset", self.reset, (Arg("key", "name"), Arg("rule", "name", None))),
+        )
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats
+        return {
+            "ratelimit": {
+                "checks": s.checks,
+                "allowed": s.allowed,
+                "denied": s.denied,
+                "denied_locally": s.denied_locally,
+                "shadow_denied": s.shadow_denied,
+                "degraded": s.degraded,
+                "redis_timeouts": s.redis_timeouts,
+                "remembered_denials": len(self._denials),
+                "local_keys": len(self._local),
+                "rules": len(self._rules),
+            }
+        }
+
+    # -- methods --------------------------------------------------------------------------
+
+    def hit(self, client: Client, args: dict[str, Any]) -> Any:
+        check = self._check("ratelimit.hit", client.namespace, args, args["cost"])
+        return self._decide((check,), True, single=True)
+
+    def peek(self, client: Client, args: dict[str, Any]) -> Any:
+        check = self._check("ratelimit.peek", client.namespace, args, 1)
+        return self._decide((check,), False, single=True)
+
+    def hit_many(self, client: Client, args: dict[str, Any]) -> Any:
+        given = args["checks"]
+        if type(given) not in (list, tuple) or not 1 <= len(given) <= MAX_CHECKS:
+            raise BadRequest(
+                f"ratelimit.hit_many: argument 'checks' must be an array of 1 to {MAX_CHECKS} maps",
+                argument="checks",
+            )
+        checks: list[Check] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(given):
+            where = f"ratelimit.hit_many: checks[{index}]"
+            if type(item) is not dict:
+                raise BadRequest(f"{where} must be a map", argument="checks")
+            try:
+                bound = self._check_binder.bind(item)
+                check = self._check("ratelimit.hit_many", client.namespace, bound, bound["cost"])
+            except BadRequest as exc:
+                detail = exc.message.removeprefix("ratelimit.hit_many: ")
+                raise BadRequest(f"{where}: {detail}", argument="checks") from None
+            if check.counter in seen:
+                raise BadRequest(
+                    f"{where} uses the same counter as checks[{seen[check.counter]}]; "
+                    "give it once, with the costs added",
+                    argument="checks",
+                )
+            seen[check.counter] = index
+            checks.append(check)
+        return self._decide(checks, True, single=False)
+
+    def reset(self, client: Client, args: dict[str, Any]) -> Any:
+        rule = args["rule"]
+        if rule is not None and rule not in self._rules:
+            raise self._unknown_rule("ratelimit.reset", rule)
+        tag = self._keys.tag(client.namespace, rule or "", args["key"])
+        self._forget(tag)
+        keys = [*self._keys.counters(tag), self._keys.marker(tag)]
+        return self._reset_script.call(self._gateway, keys).map(_reset_done)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check(self, method: str, namespace: str, args: dict[str, Any], cost: int) -> Check:
+        rule_name = args["rule"]
+        key = args["key"]
+        if rule_name is not None:
+            for name in ("limit", "window_ms", "algorithm", "on_redis_down"):
+                if args[name] is not None:
+                    raise BadRequest(
+                        f"{method}: argument '{name}' cannot be given with 'rule' (the rule "
+                        "sets it)",
+                        argument=name,
+                    )
+            rule = self._rules.get(rule_name)
+            if rule is None:
+                raise self._unknown_rule(method, rule_name)
+            limit = rule.limit_for(key)
+            algorithm, on_down, shadow = rule.algorithm, rule.on_redis_down, rule.shadow
+            limit_value, window_ms = limit.limit, limit.window_ms
+        else:
+            for name in ("limit", "window_ms"):
+                if args[name] is None:
+                    raise BadRequest(
+                        f"{method}: missing required argument '{name}' (or give 'rule')",
+                        argument=name,
+                    )
+            limit_value, window_ms = args["limit"], args["window_ms"]
+            algorithm = args["algorithm"] or "sliding_window"
+            on_down = args["on_redis_down"] or "allow"
+            shadow = False
+            if algorithm not in RATE_ALGORITHMS:
+                raise BadRequest(
+                    f"{method}: argument 'algorithm' must be one of {', '.join(RATE_ALGORITHMS)}",
+                    argument="algorithm",
+                )
+            if on_down not in ON_REDIS_DOWN:
+                raise BadRequest(
+                    f"{method}: argument 'on_redis_down' must be one of {', '.join(ON_REDIS_DOWN)}",
+                    argument="on_redis_down",
+                )
+            problem = rate_limit_problem(algorithm, limit_value, window_ms, self._max_log_limit)
+            if problem is not None:
+                raise BadRequest(f"{method}: argument 'limit': {problem}", argument="limit")
+        if cost > limit_value:
+            raise BadRequest(
+                f"{method}: argument 'cost' ({cost}) is over the limit ({limit_value}): it "
+                "could never be allowed",
+                argument="cost",
+            )
+        tag = self._keys.tag(namespace, rule_name or "", key)
+        return Check(
+            self._keys.counter(tag, algorithm),
+            tag,
+            algorithm,
+            limit_value,
+            window_ms,
+            cost,
+            on_down,
+            shadow,
+        )
+
+    def _unknown_rule(self, method: str, name: str) -> BadRequest:
+        known = ", ".join(sorted(self._rules)) or "none configured"
+        return BadRequest(
+            f"{method}: argument 'rule': no rule named {name!r} (known: {known})",
+            argument="rule",
+        )
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def _decide(self, checks: Sequence[Check], consume: bool, single: bool) -> Any:
+        self._stats.checks += len(checks)
+        if self._denials:
+            remembered = self._remembered(checks)
+            if remembered is not None:
+                return remembered[0] if single else _many(remembered)
+        argv: list[Any] = ["hit" if consume else "peek"]
+        for check in checks:
+            argv.extend(check.script_args())
+        deferred = self._check_script.call(self._gateway, [check.counter for check in checks], argv)
+        self._watch(deferred.pending)
+        generation = self._generation
+
+        def decided(reply: list[int]) -> Any:
+            results = self._from_redis(checks, reply, generation)
+            return results[0] if single else _many(results)
+
+        def degraded(error: BaseException) -> Any:
+            results = self._degraded(checks, consume, error)
+            return results[0] if single else _many(results)
+
+        return deferred.map(decided).recover(degraded)
+
+    def _from_redis(
+        self, checks: Sequence[Check], reply: list[int], generation: int
+    ) -> list[dict[str, Any]]:
+        if self._degraded_since is not None:
+            log.info(
+                "ratelimit_recovered",
+                degraded_s=round(time.monotonic() - self._degraded_since, 3),
+            )
+            self._degraded_since = None
+        remember = generation == self._generation and self._max_denials > 0
+        now = time.monotonic()
+        results = []
+        for index, check in enumerate(checks):
+            allowed, remaining, reset_ms, retry_ms = reply[1 + 4 * index : 5 + 4 * index]
+            if not allowed and remember and retry_ms > 0:
+                self._remember(check, now, remaining, reset_ms, retry_ms)
+            results.append(self._result(check, bool(allowed), remaining, reset_ms, retry_ms))
+        return results
+
+    def _result(
+        self, check: Check, allowed: bool, remaining: int, reset_ms: int, retry_ms: int
+    ) -> dict[str, Any]:
+        stats = self._stats
+        if allowed:
+            stats.allowed += 1
+        else:
+            stats.denied += 1
+        result: dict[str, Any] = {
+            "allowed": allowed,
+            "limit": check.limit,
+            "remaining": remaining,
+            "reset_ms": reset_ms,
+            "retry_after_ms": 0 if allowed else retry_ms,
+        }
+        if check.shadow:
+            result["shadow"] = True
+            result["would_deny"] = not allowed
+            if not allowed:
+                stats.shadow_denied += 1
+                result["allowed"] = True
+                result["retry_after_ms"] = 0
+        return result
+
+    # -- remembered denials ---------------------------------------------------------------
+
+    def _remembered(self, checks: Sequence[Check]) -> list[dict[str, Any]] | None:
+        """The answer without Redis, if a remembered denial decides it."""
+        if not self._cache.feed_live:
+            return None
+        now = time.monotonic()
+        denied: dict[int, Denial] = {}
+        for index, check in enumerate(checks):
+            denial = self._denials.get(check.counter)
+            if denial is None:
+                continue
+            if now >= denial.until:
+                del self._denials[check.counter]
+            elif (
+                check.cost >= denial.cost
+                and check.limit == denial.limit
+                and check.window_ms == denial.window_ms
+                # A shadow check never decides a call: it always asks Redis.
+                and not check.shadow
+            ):
+                denied[index] = denial
+        if not denied:
+            return None
+        self._stats.denied_locally += len(denied)
+        results = []
+        for index, check in enumerate(checks):
+            denial = denied.get(index)
+            if denial is None:
+                # Not evaluated: another check already decides the call.
+                results.append(
+                    {
+                        "allowed": True,
+                        "limit": check.limit,
+                        "remaining": -1,
+                        "reset_ms": 0,
+                        "retry_after_ms": 0,
+                        "evaluated": False,
+                    }
+                )
+                continue
+            results.append(
+                self._result(
+                    check,
+                    False,
+                    denial.remaining,
+                    max(_ms(denial.reset_at - now), 0),
+                    max(_ms(denial.until - now), 1),
+                )
+            )
+        return results
+
+    def _remember(
+        self, check: Check, now: float, remaining: int, reset_ms: int, retry_ms: int
+    ) -> None:
+        denials = self._denials
+        if check.counter not in denials and len(denials) >= self._max_denials:
+            del denials[next(iter(denials))]
+        denials[check.counter] = Denial(
+            now + retry_ms / 1000,
+            check.cost,
+            check.limit,
+            check.window_ms,
+            remaining,
+            now + reset_ms / 1000,
+        )
+
+    def _forget(self, tag: str) -> None:
+        self._generation += 1
+        for counter in self._keys.counters(tag):
+            self._denials.pop(counter, None)
+
+    def keys_invalidated(self, keys: list[str]) -> None:
+        for key in keys:
+            tag = self._keys.tag_of_marker(key)
+            if tag is not None:
+                self._forget(tag)
+
+    def all_invalidated(self) -> None:
+        self._generation += 1
+        self._denials.clear()
+
+    # -- Redis slow or down ---------------------------------------------------------------
+
+    def _watch(self, pending: asyncio.Future[Any]) -> None:
+        """Give up on `pending` after `ratelimit_timeout_ms`: its check's `on_redis_down`
+        answers instead. One timer serves all: every check has the same timeout, so
+        deadlines come in the order the checks were sent."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._timeout_s, pending))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1].done()):
+            _, pending = deadlines.popleft()
+            if not pending.done():
+                self._stats.redis_timeouts += 1
+                timeout_ms = round(self._timeout_s * 1000)
+                pending.set_exception(
+                    Unavailable(f"redis did not answer within {timeout_ms} ms", timeout_ms)
+                )
+        if deadlines:
+            self._deadline_timer = self._loop.call_at(deadlines[0][0], self._on_deadline)
+
+    def _degraded(
+        self, checks: Sequence[Check], consume: bool, error: BaseException
+    ) -> list[dict[str, Any]]:
+        if not isinstance(error, SidecarError):
+            raise error
+        if self._degraded_since is None:
+            self._degraded_since = time.monotonic()
+            log.warning("ratelimit_degraded", reason=error.message)
+        self._stats.degraded += len(checks)
+        passes = all(
+            check.on_redis_down == "allow" or check.shadow
+            for check in checks
+            if check.on_redis_down != "local"
+        )
+        local = [check for check in checks if check.on_redis_down == "local"]
+        decisions: dict[str, Decision] = {}
+        if local:
+            now_us = time.monotonic_ns() // 1000
+            _, verdicts = self._local.decide(
+                [check.local() for check in local], consume and passes, now_us
+            )
+            decisions = {check.counter: d for check, d in zip(local, verdicts, strict=True)}
+        results = []
+        for check in checks:
+            decision = decisions.get(check.counter) or _fixed(check, consume)
+            result = self._result(
+                check,
+                decision.allowed,
+                decision.remaining,
+                decision.reset_ms,
+                decision.retry_after_ms,
+            )
+            result["degraded"] = True
+            results.append(result)
+        return results
+
+
+def _fixed(check: Check, consume: bool) -> Decision:
+    """`allow` or `deny`, without knowing the counter."""
+    if check.on_redis_down == "allow":
+        return Decision(True, max(check.limit - (check.cost if consume else 0), 0), 0, 0)
+    return Decision(False, 0, 0, min(DEGRADED_RETRY_MS, check.window_ms))
+
+
+def _many(results: list[dict[str, Any]]) -> dict[str, Any]:
+    allowed = all(result["allowed"] for result in results)
+    return {"allowed": allowed, "results": results}
+
+
+def _ms(seconds: float) -> int:
+    milliseconds = seconds * 1000
+    whole = int(milliseconds)
+    return whole + 1 if whole < milliseconds else whole
+
+
+def _reset_done(_: Any) -> dict[str, Any]:
+    return {"ok": True}
