@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -86,6 +87,11 @@ TARGET_LOCK_POTTERY_RATIO = 10.0  # at least
 TARGET_LOCK_FAIR_SHARE = 0.5  # at least: fewest acquisitions of a waiter / the mean
 TARGET_LOCK_WAKEUP_P50_MS = 2.0  # at most
 
+# Rate limits: `ratelimit.hit` (sliding_window) with RATE_TASKS callers against the `limits`
+# library's moving window on async redis-py; p50 of one caller; denied floods.
+RATE_TASKS = 64
+TARGET_RATE_LIMITS_RATIO = 3.0  # at least
+
 # Ratio targets, checked in every placement measured: (label, row, baseline row, figure,
 # op, target); rows are keyed `<row>@<placement>`.
 RATIO_TARGETS = (
@@ -111,6 +117,8 @@ RATIO_TARGETS = (
      "redis_lock_cycles", "msgs_per_s", ">=", TARGET_LOCK_REDIS_PY_RATIO),
     (f"lock acquire+release / pottery Redlock, {LOCK_NAMES} names", "sdk_lock_cycles",
      "pottery_lock_cycles", "msgs_per_s", ">=", TARGET_LOCK_POTTERY_RATIO),
+    (f"ratelimit.hit / limits moving window, {RATE_TASKS} tasks", "sdk_rate_hits",
+     "limits_rate_hits", "msgs_per_s", ">=", TARGET_RATE_LIMITS_RATIO),
 )  # fmt: skip
 # Absolute lock targets: (label, row, what, op, target, unit).
 LOCK_TARGETS = (
@@ -399,6 +407,42 @@ def lock_specs(
     return [spec for spec in specs if pottery or not spec.key.startswith("pottery_")]
 
 
+def rate_specs(placement: str, sidecar: Sidecar, redis: Redis, limits: bool) -> list[Spec]:
+    """`ratelimit.hit` against the `limits` library's moving window (async redis-py):
+    concurrent callers, one caller's latency, and floods of denied hits."""
+    w = workloads
+    p = functools.partial
+    side, tasks = sidecar.socket_path, RATE_TASKS
+    hits, seq, flood = (
+        f"{name}@{placement}"
+        for name in ("limits_rate_hits", "limits_rate_seq", "limits_rate_denied")
+    )
+    specs = [
+        Spec(hits, placement, "redis", "limits (async)", f"moving window hit, {tasks} tasks",
+             "rate", p(w.limits_hits, redis.socket_path, tasks)),
+        Spec(f"sdk_rate_hits@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"ratelimit.hit sliding_window, {tasks} tasks", "rate",
+             p(w.aio_rate_hits, side, tasks, "sliding_window"), hits, "limits"),
+        Spec(f"sdk_rate_gcra@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"ratelimit.hit gcra, {tasks} tasks", "rate",
+             p(w.aio_rate_hits, side, tasks, "gcra"), hits, "limits"),
+        Spec(f"sdk_rate_counter@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"ratelimit.hit sliding_counter, {tasks} tasks", "rate",
+             p(w.aio_rate_hits, side, tasks, "sliding_counter"), hits, "limits"),
+        Spec(seq, placement, "redis", "limits (async)", "moving window hit, sequential",
+             "latency", p(w.limits_latency, redis.socket_path)),
+        Spec(f"sdk_rate_seq@{placement}", placement, "sidecar", "Client (uvloop)",
+             "ratelimit.hit, sequential", "latency", p(w.aio_rate_latency, side), seq,
+             "limits"),
+        Spec(flood, placement, "redis", "limits (async)", f"denied flood, {tasks} tasks",
+             "rate", p(w.limits_denied, redis.socket_path, tasks)),
+        Spec(f"sdk_rate_denied@{placement}", placement, "sidecar", "Client (uvloop)",
+             f"ratelimit.hit denied flood, {tasks} tasks", "rate",
+             p(w.aio_rate_denied, side, tasks), flood, "limits"),
+    ]  # fmt: skip
+    return [spec for spec in specs if limits or not spec.key.startswith("limits_")]
+
+
 def session_specs(placement: str, sidecar: Sidecar, second: Sidecar, redis: Redis,
                   tasks: int) -> list[Spec]:  # fmt: skip
     """`session.get` served from L1 against redis-py's HGETALL of a session hash, and the
@@ -439,12 +483,8 @@ def pubsub_specs(placement: str, sidecar: Sidecar, redis: Redis) -> list[Spec]:
     ]  # fmt: skip
 
 
-def have_pottery() -> bool:
-    try:
-        import pottery  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def have_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -610,6 +650,7 @@ def environment() -> dict[str, Any]:
         "redis_py": version("redis"),
         "hiredis": version("hiredis"),
         "pottery": version("pottery"),
+        "limits": version("limits"),
         "redis_server": redis_server,
         "loadavg_before": list(os.getloadavg()),
     }
@@ -632,7 +673,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     watchdog: Watchdog | None = None
     load_memory = args.cache_entries > 0 and (not args.only or args.only in "l1_memory")
     load_presence = args.presence_entries > 0 and (not args.only or args.only in "presence_load")
-    pottery = have_pottery()
+    pottery = have_module("pottery")
+    limits = have_module("limits")
+    if not limits:
+        progress("limits is not installed (`pip install -e '.[test]'`): no limits rows")
     if not pottery:
         progress("pottery is not installed (`pip install -e '.[test]'`): no Redlock row")
     try:
@@ -669,6 +713,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if number == 0:
                 specs += lock_specs(placement, sidecar, l1_off, redis, pottery)
                 specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
+                specs += rate_specs(placement, sidecar, redis, limits)
                 specs += pubsub_specs(placement, sidecar, redis)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]

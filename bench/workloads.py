@@ -1337,3 +1337,156 @@ def redis_pubsub_fanout(
                 await client.aclose()
 
     return uvloop.run(run())
+
+
+# -- rate limits ---------------------------------------------------------------------------
+
+# Every caller has its own key with room for every hit it makes (a bench that hit its limit
+# would measure denials, which the sidecar answers without Redis); each hit is checked.
+RATE_KEY = "bench:rl:{}"
+RATE_LIMIT = 10_000
+RATE_WINDOW_MS = 1000
+RATE_FLOOD_KEY = "bench:rl:flood"
+
+
+def _limits_moving_window(path: str) -> tuple[Any, Any, Any]:
+    """The `limits` library's moving window on its async redis-py storage."""
+    from limits import RateLimitItemPerSecond
+    from limits.aio.storage import RedisStorage
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    storage = RedisStorage(f"async+redis+unix://{path}", implementation="redispy")
+    return MovingWindowRateLimiter(storage), RateLimitItemPerSecond(RATE_LIMIT), storage
+
+
+def _limits_hit(limiter: Any, item: Any, key: str, expect: bool) -> Callable[[], Awaitable[None]]:
+    async def hit() -> None:
+        if await limiter.hit(item, key) is not expect:
+            outcome = "allowed" if expect else "denied"
+            raise BenchError(f"limits: a hit of {key!r} was not {outcome}")
+
+    return hit
+
+
+def _sidecar_hit(
+    client: Any,
+    key: str,
+    expect: bool,
+    algorithm: str = "sliding_window",
+    limit: int = RATE_LIMIT,
+    window_ms: int = RATE_WINDOW_MS,
+) -> Callable[[], Awaitable[None]]:
+    params = {"key": key, "limit": limit, "window_ms": window_ms, "algorithm": algorithm}
+
+    async def hit() -> None:
+        if (await client.call("ratelimit.hit", params))["allowed"] is not expect:
+            raise BenchError(f"a hit of {key!r} was not {'allowed' if expect else 'denied'}")
+
+    return hit
+
+
+def limits_hits(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks, each `hit`ting its own key with limits' moving window."""
+
+    async def run() -> tuple[int, int]:
+        limiter, item, storage = _limits_moving_window(path)
+        calls = [_limits_hit(limiter, item, RATE_KEY.format(f"l{i}"), True) for i in range(tasks)]
+        try:
+            return await aconcurrent_rate(calls, warmup_s, duration_s)
+        finally:
+            await storage.reset()
+
+    return uvloop.run(run())
+
+
+def limits_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    async def run() -> list[int]:
+        limiter, item, storage = _limits_moving_window(path)
+        try:
+            return await alatency_loop(
+                _limits_hit(limiter, item, RATE_KEY.format("lseq"), True), warmup_s, duration_s
+            )
+        finally:
+            await storage.reset()
+
+    return uvloop.run(run())
+
+
+def limits_denied(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks hitting one key that is over its limit (1 per hour), with limits."""
+    from limits import RateLimitItemPerHour
+
+    async def run() -> tuple[int, int]:
+        limiter, _, storage = _limits_moving_window(path)
+        item = RateLimitItemPerHour(1)
+        await limiter.hit(item, RATE_FLOOD_KEY)
+        try:
+            calls = [_limits_hit(limiter, item, RATE_FLOOD_KEY, False)] * tasks
+            return await aconcurrent_rate(calls, warmup_s, duration_s)
+        finally:
+            await storage.reset()
+
+    return uvloop.run(run())
+
+
+def aio_rate_hits(
+    path: str, tasks: int, algorithm: str, warmup_s: float, duration_s: float
+) -> tuple[int, int]:
+    """`tasks` tasks over one connection, each `ratelimit.hit`ting its own key."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        keys = [RATE_KEY.format(f"{algorithm}{i}") for i in range(tasks)]
+        try:
+            calls = [_sidecar_hit(client, key, True, algorithm) for key in keys]
+            return await aconcurrent_rate(calls, warmup_s, duration_s)
+        finally:
+            for key in keys:
+                await client.call("ratelimit.reset", {"key": key})
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def aio_rate_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
+    from madsidecar_client import Client
+
+    async def run() -> list[int]:
+        client = await Client.connect(path)
+        try:
+            hit = _sidecar_hit(client, RATE_KEY.format("seq"), True)
+            return await alatency_loop(hit, warmup_s, duration_s)
+        finally:
+            await client.call("ratelimit.reset", {"key": RATE_KEY.format("seq")})
+            await client.close()
+
+    return uvloop.run(run())
+
+
+def aio_rate_denied(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
+    """`tasks` tasks hitting one key over its limit: the node answers from its remembered
+    denial. Fails if more than 1 % of the hits reached Redis."""
+    from madsidecar_client import Client
+
+    async def run() -> tuple[int, int]:
+        client = await Client.connect(path)
+        try:
+            await client.call(
+                "ratelimit.hit", {"key": RATE_FLOOD_KEY, "limit": 1, "window_ms": 3_600_000}
+            )
+            denied = _sidecar_hit(client, RATE_FLOOD_KEY, False, limit=1, window_ms=3_600_000)
+            before = (await client.call("stats"))["ratelimit"]
+            done = await aconcurrent_rate([denied] * tasks, warmup_s, duration_s)
+            after = (await client.call("stats"))["ratelimit"]
+            asked = (after["checks"] - before["checks"]) - (
+                after["denied_locally"] - before["denied_locally"]
+            )
+            if asked > done[0] // 100:
+                raise BenchError(f"{asked} of the denied hits went to Redis")
+            return done
+        finally:
+            await client.call("ratelimit.reset", {"key": RATE_FLOOD_KEY})
+            await client.close()
+
+    return uvloop.run(run())

@@ -4,165 +4,128 @@
 -- algorithm (sw, sc, gc), limit, window ms, cost, shadow (1: never blocks the others).
 -- Returns {consumed (0/1), then per check: allowed (0/1), remaining, reset ms, retry ms}.
 -- Times are integer microseconds; every value stays far below 2^53, so doubles are exact.
+-- Written without closures or per-check tables: a script's body runs anew on every call,
+-- and creating them cost more than the Redis commands.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local hit = ARGV[1] == 'hit'
+local n = #KEYS
+local pass = true
+-- Per check, from the first pass to the second: allowed, units available now, retry
+-- (us), and what consuming needs (sw: units in the window; sc: window index and its two
+-- counts; gc: the theoretical arrival times before and after).
+local allowed, available, retry, a, b, c = {}, {}, {}, {}, {}, {}
 
-local function fmt(n)
-  return string.format('%.0f', n)
-end
-
-local function ms(us)
-  if us <= 0 then
-    return 0
-  end
-  return math.ceil(us / 1000)
-end
-
--- Exact log: one sorted-set entry per unit, scored by when it was consumed.
-local sliding_window = {}
-function sliding_window.decide(c)
-  redis.call('ZREMRANGEBYSCORE', c.key, '-inf', fmt(now - c.window))
-  c.used = redis.call('ZCARD', c.key)
-  c.available = c.limit - c.used
-  if c.used + c.cost <= c.limit then
-    return true, 0
-  end
-  -- Free once the entry that would leave room for `cost` units leaves the window.
-  local index = c.used + c.cost - c.limit - 1
-  local entry = redis.call('ZRANGE', c.key, index, index, 'WITHSCORES')
-  return false, tonumber(entry[2]) + c.window - now
-end
-function sliding_window.consume(c)
-  -- Members are unique per key: the same microsecond never holds the same count twice.
-  local score = fmt(now)
-  local stem = score .. ':'
-  local i = 1
-  while i <= c.cost do
-    local args = {}
-    local last = math.min(c.cost, i + 999)
-    for n = i, last do
-      args[#args + 1] = score
-      args[#args + 1] = stem .. (c.used + n)
+for i = 1, n do
+  local at = 1 + (i - 1) * 5
+  local kind, key = ARGV[at + 1], KEYS[i]
+  local limit, window, cost = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
+  local ok, wait = true, 0
+  if kind == 'sw' then
+    -- Exact log: one sorted-set entry per unit, scored by when it was consumed.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
+    local used = redis.call('ZCARD', key)
+    a[i], available[i] = used, limit - used
+    if used + cost > limit then
+      -- Room once the entry that would leave it leaves the window.
+      local entry = redis.call('ZRANGE', key, used + cost - limit - 1, used + cost - limit - 1, 'WITHSCORES')
+      ok, wait = false, tonumber(entry[2]) + window - now
     end
-    redis.call('ZADD', c.key, unpack(args))
-    i = last + 1
+  elseif kind == 'sc' then
+    -- Two fixed windows, the previous one weighted by how much of it the sliding window
+    -- still covers (Cloudflare's counter).
+    local index = math.floor(now / window)
+    local counts = redis.call('HMGET', key, window .. ':' .. index, window .. ':' .. (index - 1))
+    local current, previous = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
+    local elapsed = now - index * window
+    local estimate = previous * (window - elapsed) / window + current
+    a[i], b[i], c[i] = index, current, previous
+    available[i] = math.max(math.floor(limit - estimate), 0)
+    if estimate + cost > limit then
+      ok = false
+      if current + cost <= limit then
+        -- Later in this window, once the previous window's weight has fallen enough.
+        wait = window * (1 - (limit - cost - current) / previous) - elapsed
+      else
+        -- In the next window, once this one's weight has.
+        wait = (index + 1) * window - now + window * (1 - (limit - cost) / current)
+      end
+    end
+  else
+    -- GCRA: the theoretical arrival time of the next unit, one unit every `interval`,
+    -- at most `limit` units ahead of now.
+    local interval = math.floor(window / limit)
+    local tolerance = interval * limit
+    local tat = tonumber(redis.call('GET', key)) or now
+    if tat < now then
+      tat = now
+    end
+    a[i], b[i] = tat, tat + cost * interval
+    available[i] = math.floor((tolerance - (tat - now)) / interval)
+    if b[i] - now > tolerance then
+      ok, wait = false, b[i] - tolerance - now
+    end
   end
-  redis.call('PEXPIRE', c.key, math.ceil(c.window / 1000))
-end
-function sliding_window.reset(c, consumed)
-  if consumed then
-    return c.window
+  allowed[i], retry[i] = ok, wait
+  if not ok and ARGV[at + 5] ~= '1' then
+    pass = false
   end
-  if c.used == 0 then
-    return 0
-  end
-  local newest = redis.call('ZRANGE', c.key, -1, -1, 'WITHSCORES')
-  return tonumber(newest[2]) + c.window - now
-end
-
--- Two fixed windows, the previous one weighted by how much of it the sliding window
--- still covers (Cloudflare's counter): two integers per key.
-local sliding_counter = {}
-function sliding_counter.decide(c)
-  local index = math.floor(now / c.window)
-  c.index = index
-  c.current_field = c.window .. ':' .. index
-  local counts = redis.call('HMGET', c.key, c.current_field, c.window .. ':' .. (index - 1))
-  local current, previous = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
-  c.current, c.previous = current, previous
-  local elapsed = now - index * c.window
-  local estimate = previous * (c.window - elapsed) / c.window + current
-  c.available = math.max(math.floor(c.limit - estimate), 0)
-  if estimate + c.cost <= c.limit then
-    return true, 0
-  end
-  if current + c.cost <= c.limit then
-    -- Later in this window, once the previous window's weight has fallen far enough.
-    local needed = c.window * (1 - (c.limit - c.cost - current) / previous)
-    return false, needed - elapsed
-  end
-  -- In the next window, once this one's weight has.
-  local needed = c.window * (1 - (c.limit - c.cost) / current)
-  return false, (index + 1) * c.window - now + needed
-end
-function sliding_counter.consume(c)
-  redis.call('HINCRBY', c.key, c.current_field, c.cost)
-  redis.call('HDEL', c.key, c.window .. ':' .. (c.index - 2))
-  redis.call('PEXPIRE', c.key, math.ceil(2 * c.window / 1000))
-  c.current = c.current + c.cost
-end
-function sliding_counter.reset(c, consumed)
-  if c.current > 0 then
-    return (c.index + 2) * c.window - now
-  end
-  if c.previous > 0 then
-    return (c.index + 1) * c.window - now
-  end
-  return 0
 end
 
--- GCRA: the theoretical arrival time of the next unit, one unit every `interval`, at
--- most `limit` ahead of now.
-local gcra = {}
-function gcra.decide(c)
-  c.interval = math.floor(c.window / c.limit)
-  local tolerance = c.interval * c.limit
-  local tat = tonumber(redis.call('GET', c.key)) or now
-  if tat < now then
-    tat = now
-  end
-  c.tat = tat
-  c.new_tat = tat + c.cost * c.interval
-  c.available = math.floor((tolerance - (tat - now)) / c.interval)
-  if c.new_tat - now <= tolerance then
-    return true, 0
-  end
-  return false, c.new_tat - tolerance - now
-end
-function gcra.consume(c)
-  redis.call('SET', c.key, fmt(c.new_tat), 'PX', math.max(ms(c.new_tat - now), 1))
-end
-function gcra.reset(c, consumed)
-  if consumed then
-    return c.new_tat - now
-  end
-  return c.tat - now
-end
-
-local ALGORITHMS = {sw = sliding_window, sc = sliding_counter, gc = gcra}
-
-local checks = {}
-local all_pass = true
-for i = 1, #KEYS do
-  local base = 1 + (i - 1) * 5
-  local c = {
-    key = KEYS[i],
-    algorithm = ALGORITHMS[ARGV[base + 1]],
-    limit = tonumber(ARGV[base + 2]),
-    window = tonumber(ARGV[base + 3]) * 1000,
-    cost = tonumber(ARGV[base + 4]),
-  }
-  c.allowed, c.retry = c.algorithm.decide(c)
-  if not c.allowed and ARGV[base + 5] ~= '1' then
-    all_pass = false
-  end
-  checks[i] = c
-end
-
-local consume = hit and all_pass
+local consume = pass and ARGV[1] == 'hit'
 local reply = {consume and 1 or 0}
-for i = 1, #checks do
-  local c = checks[i]
-  local consumed = consume and c.allowed
-  local remaining = c.available
+for i = 1, n do
+  local at = 1 + (i - 1) * 5
+  local kind, key = ARGV[at + 1], KEYS[i]
+  local window, cost = tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
+  local consumed = consume and allowed[i]
+  local remaining, reset = available[i], 0
   if consumed then
-    c.algorithm.consume(c)
-    remaining = remaining - c.cost
+    remaining = remaining - cost
   end
-  reply[#reply + 1] = c.allowed and 1 or 0
+  if kind == 'sw' then
+    if consumed then
+      -- Members are unique per key: one microsecond never holds the same count twice.
+      local score = string.format('%.0f', now)
+      local first = 1
+      while first <= cost do
+        local args, last = {}, math.min(cost, first + 999)
+        for unit = first, last do
+          args[#args + 1] = score
+          args[#args + 1] = score .. ':' .. (a[i] + unit)
+        end
+        redis.call('ZADD', key, unpack(args))
+        first = last + 1
+      end
+      redis.call('PEXPIRE', key, math.ceil(window / 1000))
+      reset = window
+    elseif a[i] > 0 then
+      local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      reset = tonumber(newest[2]) + window - now
+    end
+  elseif kind == 'sc' then
+    local current = b[i]
+    if consumed then
+      redis.call('HINCRBY', key, window .. ':' .. a[i], cost)
+      redis.call('HDEL', key, window .. ':' .. (a[i] - 2))
+      redis.call('PEXPIRE', key, math.ceil(2 * window / 1000))
+      current = current + cost
+    end
+    if current > 0 then
+      reset = (a[i] + 2) * window - now
+    elseif c[i] > 0 then
+      reset = (a[i] + 1) * window - now
+    end
+  else
+    local tat = a[i]
+    if consumed then
+      tat = b[i]
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.max(math.ceil((tat - now) / 1000), 1))
+    end
+    reset = tat - now
+  end
+  reply[#reply + 1] = allowed[i] and 1 or 0
   reply[#reply + 1] = math.max(remaining, 0)
-  reply[#reply + 1] = ms(c.algorithm.reset(c, consumed))
-  reply[#reply + 1] = ms(c.retry)
+  reply[#reply + 1] = reset > 0 and math.ceil(reset / 1000) or 0
+  reply[#reply + 1] = retry[i] > 0 and math.ceil(retry[i] / 1000) or 0
 end
 return reply
