@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from madsidecar.config import (
     Config,
     ConfigError,
     PolicyRule,
+    RateLimit,
     load_config,
     read_redis_password,
     redact_url,
@@ -181,3 +183,64 @@ def test_embedded_settings_are_checked() -> None:
 )
 def test_redaction_covers_every_place_a_password_can_be(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+RULES_TOML = """
+[[ratelimit_rules]]
+name = "per-ip"
+limit = 100
+window_ms = 60000
+
+[[ratelimit_rules]]
+name = "per-user"
+limit = 20
+window_ms = 1000
+algorithm = "gcra"
+on_redis_down = "local"
+shadow = true
+overrides = { "tenant:big" = 200, "batch" = { limit = 5000, window_ms = 60000 } }
+"""
+
+
+def test_ratelimit_rules_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES_TOML)
+    config = load_config({"config": str(path)}, {})
+    per_ip, per_user = config.ratelimit_rules
+    assert (per_ip.name, per_ip.algorithm, per_ip.on_redis_down) == (
+        "per-ip",
+        "sliding_window",
+        "allow",
+    )
+    assert per_user.shadow and per_user.on_redis_down == "local"
+    assert per_user.limit_for("tenant:big") == RateLimit(200, 1000)
+    assert per_user.limit_for("batch") == RateLimit(5000, 60000)
+    assert per_user.limit_for("anyone") == RateLimit(20, 1000)
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('name = "a"\nlimit = 5\n', "window_ms: expected an integer"),
+        ('name = "a"\nlimit = 0\nwindow_ms = 10\n', "limit: expected an integer from 1"),
+        ('name = "a"\nlimit = 5\nwindow_ms = 10\nalgorithm = "leaky"\n', "algorithm"),
+        ('name = "a"\nlimit = 5\nwindow_ms = 10\non_redis_down = "retry"\n', "on_redis_down"),
+        ('name = "a"\nlimit = 5\nwindow_ms = 10\nburst = 3\n', "unknown keys ['burst']"),
+        ('name = "a"\nlimit = 50000\nwindow_ms = 10\n', "use sliding_counter"),
+        ('name = "a"\nlimit = 5\nwindow_ms = 10\noverrides = { k = "x" }\n', "overrides.k"),
+        ("limit = 5\nwindow_ms = 10\n", "name: expected a name"),
+    ],
+)
+def test_bad_ratelimit_rules_are_named(tmp_path: Path, toml: str, fragment: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("[[ratelimit_rules]]\n" + toml)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config({"config": str(path)}, {})
+
+
+def test_a_rule_defined_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    rule = '[[ratelimit_rules]]\nname = "a"\nlimit = 5\nwindow_ms = 10\n'
+    path.write_text(rule * 2)
+    with pytest.raises(ConfigError, match="defined twice"):
+        load_config({"config": str(path)}, {})
