@@ -144,14 +144,20 @@ def test_a_subscriber_that_never_reads_loses_messages_not_memory(
         blob = b"x" * 10_000
         count = 2000
         got: list[int] = []
-        # The other subscriber reads all along, as a healthy client does.
-        reader = threading.Thread(
-            target=lambda: got.extend(
-                next_message(fast, 10).payload["message"][0] for _ in range(count)
-            )
-        )
+        # The other subscriber reads all along, as a healthy client does; the publisher
+        # keeps at most a few messages ahead of it, so a reader thread that the test
+        # process's own load delays is never mistaken for one that does not read.
+        ahead = threading.Semaphore(4)
+
+        def read_all() -> None:
+            for _ in range(count):
+                got.append(next_message(fast, 10).payload["message"][0])
+                ahead.release()
+
+        reader = threading.Thread(target=read_all)
         reader.start()
         for i in range(count):
+            assert ahead.acquire(timeout=10), f"the reading subscriber stalled at {i}"
             pub.call("pubsub.publish", {"channel": "firehose", "message": [i, blob]})
         reader.join(30)
         assert got == list(range(count)), "the reading subscriber lost messages"
