@@ -1385,6 +1385,20 @@ def _sidecar_hit(
     return hit
 
 
+def _seq_keys(stem: str) -> list[str]:
+    """One caller's keys, taken in turn: one key alone would pass its limit per second."""
+    return [RATE_KEY.format(f"{stem}{i}") for i in range(8)]
+
+
+def _round_robin(calls: list[Callable[[], Awaitable[None]]]) -> Callable[[], Awaitable[None]]:
+    turn = iter(range(1 << 62))
+
+    async def call() -> None:
+        await calls[next(turn) % len(calls)]()
+
+    return call
+
+
 def limits_hits(path: str, tasks: int, warmup_s: float, duration_s: float) -> tuple[int, int]:
     """`tasks` tasks, each `hit`ting its own key with limits' moving window."""
 
@@ -1403,9 +1417,8 @@ def limits_latency(path: str, warmup_s: float, duration_s: float) -> list[int]:
     async def run() -> list[int]:
         limiter, item, storage = _limits_moving_window(path)
         try:
-            return await alatency_loop(
-                _limits_hit(limiter, item, RATE_KEY.format("lseq"), True), warmup_s, duration_s
-            )
+            hits = [_limits_hit(limiter, item, key, True) for key in _seq_keys("lseq")]
+            return await alatency_loop(_round_robin(hits), warmup_s, duration_s)
         finally:
             await storage.reset()
 
@@ -1455,10 +1468,11 @@ def aio_rate_latency(path: str, warmup_s: float, duration_s: float) -> list[int]
     async def run() -> list[int]:
         client = await Client.connect(path)
         try:
-            hit = _sidecar_hit(client, RATE_KEY.format("seq"), True)
-            return await alatency_loop(hit, warmup_s, duration_s)
+            hits = [_sidecar_hit(client, key, True) for key in _seq_keys("seq")]
+            return await alatency_loop(_round_robin(hits), warmup_s, duration_s)
         finally:
-            await client.call("ratelimit.reset", {"key": RATE_KEY.format("seq")})
+            for key in _seq_keys("seq"):
+                await client.call("ratelimit.reset", {"key": key})
             await client.close()
 
     return uvloop.run(run())
