@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -117,10 +118,6 @@ _HIT_ARGS: Final = _check_args(with_cost=True)
 _PEEK_ARGS: Final = _check_args(with_cost=False)
 
 
-def _one_check_method(handler: Any) -> Method:
-    return Method("ratelimit.hit_many", handler, _HIT_ARGS)
-
-
 class RateLimits(CapabilityBase):
     group = "ratelimit"
 
@@ -143,7 +140,8 @@ class RateLimits(CapabilityBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._degraded_since: float | None = None
         self._stats = RateStats()
-        self._check_binder = _one_check_method(self.hit)
+        # Validates each of hit_many's checks as hit's own arguments.
+        self._check_binder = Method("ratelimit.hit_many", self.hit, _HIT_ARGS)
         self.reconfigure(config)
         cache.share_feed(self._keys.marker_root, self)
 
@@ -417,8 +415,8 @@ class RateLimits(CapabilityBase):
                     check,
                     False,
                     denial.remaining,
-                    max(_ms(denial.reset_at - now), 0),
-                    max(_ms(denial.until - now), 1),
+                    max(math.ceil((denial.reset_at - now) * 1000), 0),
+                    max(math.ceil((denial.until - now) * 1000), 1),
                 )
             )
         return results
@@ -529,12 +527,6 @@ def _fixed(check: Check, consume: bool) -> Decision:
 def _many(results: list[dict[str, Any]]) -> dict[str, Any]:
     allowed = all(result["allowed"] for result in results)
     return {"allowed": allowed, "results": results}
-
-
-def _ms(seconds: float) -> int:
-    milliseconds = seconds * 1000
-    whole = int(milliseconds)
-    return whole + 1 if whole < milliseconds else whole
 
 
 def _reset_done(_: Any) -> dict[str, Any]:
