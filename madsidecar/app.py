@@ -84,18 +84,14 @@ class Sidecar:
         self.gateway.start()
         table = MethodTable()
         self.server = Server(self.config, table, self._capabilities)
-        self.cache = Cache(self.config, self.gateway)
-        self._capabilities += [
-            CoreMethods(
-                self.server, self.gateway, self._capability_stats, self.embedded is not None
-            ),
-            self.cache,
-            Locks(self.config, self.gateway),
-            Sessions(self.config, self.gateway, self.cache),
-            PubSub(self.config, self.gateway),
-            Presence(self.config, self.gateway),
-            RateLimits(self.config, self.gateway, self.cache),
-        ]
+        self._capabilities += build_capabilities(
+            self.config,
+            self.gateway,
+            self.server,
+            self._capability_stats,
+            self.embedded is not None,
+        )
+        self.cache = next(c for c in self._capabilities if isinstance(c, Cache))
         for capability in self._capabilities:
             for method in capability.methods():
                 table.register(method)
@@ -163,6 +159,42 @@ class Sidecar:
         for capability in self._capabilities:
             capability.reconfigure(self.config)
         log.info("reloaded", applied=applied or None, needs_restart=ignored or None)
+
+
+def build_capabilities(
+    config: Config,
+    gateway: RedisGateway,
+    server: Server,
+    capability_stats: Callable[[], dict[str, Any]],
+    embedded_redis: bool,
+) -> list[Capability]:
+    """Every capability, in method-table order; nothing is started or connected."""
+    cache = Cache(config, gateway)
+    return [
+        CoreMethods(server, gateway, capability_stats, embedded_redis),
+        cache,
+        Locks(config, gateway),
+        Sessions(config, gateway, cache),
+        PubSub(config, gateway),
+        Presence(config, gateway),
+        RateLimits(config, gateway, cache),
+    ]
+
+
+def describe_methods(config: Config | None = None) -> list[dict[str, Any]]:
+    """The method table as data (for SDK authors' conformance files): names and arguments."""
+    config = config or Config()
+    settings = RedisSettings(
+        url="unix:///nonexistent",
+        password=None,
+        timeout_ms=1,
+        connect_timeout_ms=1,
+        health_interval_ms=1,
+    )
+    gateway = RedisGateway(settings)
+    server = Server(config, MethodTable(), [])
+    capabilities = build_capabilities(config, gateway, server, dict, embedded_redis=False)
+    return [method.describe() for c in capabilities for method in c.methods()]
 
 
 def raise_open_file_limit() -> None:

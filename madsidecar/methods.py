@@ -131,6 +131,20 @@ class Arg:
         object.__setattr__(self, "required", self.default is _MISSING)
         object.__setattr__(self, "bounded", self.minimum is not None or self.maximum is not None)
 
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "name": self.name,
+            "type": self.kind,
+            "required": self.required,
+        }
+        if not self.required and self.default is not None:
+            described["default"] = self.default
+        if self.minimum is not None:
+            described["minimum"] = self.minimum
+        if self.maximum is not None:
+            described["maximum"] = self.maximum
+        return described
+
     def check(self, method: str, value: Any) -> None:
         problem = self._kind_check(value)
         if problem is None and not self.bounded:
@@ -164,6 +178,10 @@ class Method:
             object.__setattr__(self, "group", self.name.split(".", 1)[0])
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
         object.__setattr__(self, "_by_name", {arg.name: arg for arg in self.args})
+
+    def describe(self) -> dict[str, Any]:
+        """This method as plain data: its name and its arguments in canonical order."""
+        return {"name": self.name, "group": self.group, "args": [a.describe() for a in self.args]}
 
     def bind(self, given: dict[str, Any]) -> dict[str, Any]:
         """Validate `given`, fill defaults; `BadRequest` naming the first bad argument."""
