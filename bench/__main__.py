@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import workloads
+from . import sdks, workloads
 from .procs import ALL_CPUS, REPO, EchoServer, Process, Redis, Sidecar, StartError, pin, proc_status
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -91,6 +91,12 @@ TARGET_LOCK_WAKEUP_P50_MS = 2.0  # at most
 # library's moving window on async redis-py; p50 of one caller; denied floods.
 RATE_TASKS = 64
 TARGET_RATE_LIMITS_RATIO = 3.0  # at least
+
+# Every SDK's bench program (bench/sdks.py): sequential pings, then pings with at most
+# SDK_WINDOW in flight on one connection; compared with the Python SDK's same program.
+SDK_PINGS = 20_000
+SDK_PIPELINED = 100_000
+SDK_WINDOW = 256
 
 # Ratio targets, checked in every placement measured: (label, row, baseline row, figure,
 # op, target); rows are keyed `<row>@<placement>`.
@@ -153,8 +159,9 @@ class Spec:
     server: str
     client: str
     workload: str
-    kind: str  # "latency" (samples in ns), "rate" ((messages, elapsed ns)) or "fairness"
-    # ((acquisitions per waiter, elapsed ns, acquires timed out))
+    kind: str  # "latency" (samples in ns), "rate" ((messages, elapsed ns)), "fairness"
+    # ((acquisitions per waiter, elapsed ns, acquires timed out)) or "sdk" (an SDK bench
+    # program's figures, bench/sdks.py)
     run: Callable[[float, float], Any]  # (warmup_s, duration_s)
     baseline: str | None = None
     baseline_name: str = ""
@@ -168,6 +175,7 @@ class Outcome:
     round_p50_us: list[float] = field(default_factory=list)
     round_rates: list[float] = field(default_factory=list)
     round_counts: list[list[int]] = field(default_factory=list)  # fairness: per waiter
+    round_figures: list[dict[str, float]] = field(default_factory=list)  # sdk
     timeouts: int = 0
     calls: int = 0
     cpu_ns: dict[str, int] = field(default_factory=dict)
@@ -183,6 +191,13 @@ class Outcome:
             p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
             self.round_p50_us.append(p50)
             return f"p50 {p50:7.1f} us  p99 {p99:7.1f} us  ({len(samples):,} calls)"
+        if self.spec.kind == "sdk":
+            figures: dict[str, float] = value
+            self.round_figures.append(figures)
+            return (
+                f"ping p50 {figures['ping_p50_us']:7.1f} us  p99 {figures['ping_p99_us']:7.1f} us"
+                f"  pipelined {figures['pipelined_per_s']:11,.0f} msgs/s"
+            )
         if self.spec.kind == "fairness":
             counts, elapsed_ns, timeouts = value
             self.round_counts.append(list(counts))
@@ -209,6 +224,18 @@ class Outcome:
         }
 
     def summary(self) -> dict[str, Any]:
+        if self.spec.kind == "sdk":
+            rounds = self.round_figures
+            p50s = [r["ping_p50_us"] for r in rounds]
+            return {
+                "kind": "sdk",
+                "p50_us": round(median(p50s), 2),
+                "p99_us": round(median([r["ping_p99_us"] for r in rounds]), 2),
+                "msgs_per_s": round(median([r["pipelined_per_s"] for r in rounds])),
+                "round_p50_us": [round(v, 2) for v in p50s],
+                "spread": spread(p50s),
+                "cpu_us_per_msg": {},
+            }
         if self.spec.kind == "latency":
             ordered = sorted(self.samples)
             return {
@@ -483,6 +510,22 @@ def pubsub_specs(placement: str, sidecar: Sidecar, redis: Redis) -> list[Spec]:
     ]  # fmt: skip
 
 
+def sdk_specs(
+    placement: str, sidecar: Sidecar, benches: list[sdks.SdkBench], quick: bool
+) -> list[Spec]:
+    """Each SDK's bench program against the same sidecar; ratios against Python's."""
+    pings, pipelined = (2_000, 20_000) if quick else (SDK_PINGS, SDK_PIPELINED)
+    workload = f"ping seq; {SDK_WINDOW} in flight"
+    python = f"sdk_python@{placement}"
+    return [
+        Spec(f"sdk_{bench.sdk}@{placement}", placement, "sidecar", f"{bench.sdk} SDK", workload,
+             "sdk", lambda warmup_s, duration_s, bench=bench: bench.run(
+                 sidecar.socket_path, pings, pipelined),
+             None if bench.sdk == "python" else python, "python")
+        for bench in benches
+    ]  # fmt: skip
+
+
 def have_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -545,6 +588,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    parser.add_argument(
+        "--no-sdks",
+        dest="sdks",
+        action="store_false",
+        help="leave out the Rust, Go and TypeScript SDKs' rows (they are built first)",
     )
     args = parser.parse_args(argv)
     if args.rounds is None:
@@ -679,6 +728,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress("limits is not installed (`pip install -e '.[test]'`): no limits rows")
     if not pottery:
         progress("pottery is not installed (`pip install -e '.[test]'`): no Redlock row")
+    sdk_benches: list[sdks.SdkBench] = []
+    if args.sdks and (not args.only or "sdk_" in args.only or args.only in "sdk_python"):
+        progress("building the SDKs' bench programs (--no-sdks to leave them out)")
+        sdk_benches = sdks.build_all(progress)
     try:
         progress("starting redis-server, echo server, sidecar and a second sidecar with L1 off")
         redis.start()
@@ -715,6 +768,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
                 specs += rate_specs(placement, sidecar, redis, limits)
                 specs += pubsub_specs(placement, sidecar, redis)
+                if sdk_benches:
+                    specs += sdk_specs(placement, sidecar, sdk_benches, args.quick)
         if args.only:
             specs = [spec for spec in specs if args.only in spec.key]
         outcomes = {spec.key: Outcome(spec) for spec in specs}
@@ -916,6 +971,23 @@ def l1_floors(results: dict[str, dict[str, Any]], echo_row: str = "echo_seq") ->
     return floors
 
 
+def sdk_notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each SDK's ping p50 and pipelined rate against the Python SDK's, same program."""
+    lines = []
+    for key, row in results.items():
+        name, _, placement = key.partition("@")
+        python = results.get(f"sdk_python@{placement}")
+        if row["kind"] != "sdk" or python is None or name == "sdk_python":
+            continue
+        lines.append(
+            f"{name[4:]} SDK ({placement}): ping p50 {row['p50_us']} us "
+            f"({row['p50_us'] / python['p50_us']:.2f}x Python's {python['p50_us']} us), "
+            f"pipelined {row['msgs_per_s']:,}/s "
+            f"({row['msgs_per_s'] / python['msgs_per_s']:.2f}x Python's {python['msgs_per_s']:,}/s)"
+        )
+    return lines
+
+
 def lock_notes(results: dict[str, dict[str, Any]]) -> list[str]:
     """What the lock rows' ratio column cannot hold: pottery's ratio, the shares."""
     lines = []
@@ -978,6 +1050,9 @@ def render(
         if spec.kind == "latency":
             figures = f"{res['p50_us']:>6.1f} {res['p99_us']:>6.1f} {'':>9}"
             field_name = "p50_us"
+        elif spec.kind == "sdk":
+            figures = f"{res['p50_us']:>6.1f} {res['p99_us']:>6.1f} {res['msgs_per_s']:>9,}"
+            field_name = "p50_us"
         else:
             figures = f"{'':>6} {'':>6} {res['msgs_per_s']:>9,}"
             field_name = "msgs_per_s"
@@ -1004,6 +1079,7 @@ def render(
     if any(outcome.spec.key.startswith("sdk_l2_") for outcome in outcomes.values()):
         lines.append("cache.get L2: a second sidecar with l1_max_entries = 0, on the same Redis")
     lines += lock_notes(results)
+    lines += sdk_notes(results)
     floors, aio_floors = l1_floors(results), l1_floors(results, "echo_aio_seq")
     if floors:
         lines.append(
