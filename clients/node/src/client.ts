@@ -713,15 +713,17 @@ export class Client extends EventEmitter<ClientEvents> {
 
   // -- typed methods: connection ------------------------------------------------------------
 
-  /** Selects the namespace (kept for reconnects) and returns the server's info. */
+  /**
+   * Sends `hello` with exactly these arguments (the client already said hello, with its
+   * name and namespace, when it connected). A namespace selected here is kept: it is
+   * selected again after every reconnect.
+   */
   async hello(args: HelloArgs = {}, options?: CallOptions): Promise<HelloResult> {
-    const info = await this.call<HelloResult>(
-      "hello",
-      { client: args.client ?? this.clientName, version: args.version ?? SDK_VERSION, namespace: args.namespace },
-      options,
-    );
-    this.serverInfo = info;
-    if (typeof info.namespace === "string") this.namespace = info.namespace;
+    const info = await this.call<HelloResult>("hello", args, options);
+    if (info !== null && typeof info === "object") {
+      this.serverInfo = info;
+      if (typeof info.namespace === "string") this.namespace = info.namespace;
+    }
     return info;
   }
   ping(options?: CallOptions): Promise<string> {
