@@ -58,6 +58,13 @@ export class FakeSidecar {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
+  /** Forgets the requests recorded so far; answers them again. */
+  clear(): void {
+    this.received.length = 0;
+    this.answer = true;
+    this.nextReply = null;
+  }
+
   /** Writes raw bytes to every connected client. */
   push(bytes: Buffer): void {
     for (const s of this.sockets) s.write(bytes);
