@@ -3,8 +3,12 @@ package madsidecar
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -686,5 +690,51 @@ func TestE2EStopped(t *testing.T) {
 	waitNote(t, c, NotifyConnectionRestored, nil)
 	if must(c.Ping(ctx))(t) != "pong" {
 		t.Fatal("ping after start")
+	}
+}
+
+// TestE2EPrograms builds and runs the quickstart example and the bench (small numbers)
+// against the harness.
+func TestE2EPrograms(t *testing.T) {
+	h := harness(t)
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", dir, "./examples/quickstart", "./cmd/bench")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	run := func(name string, args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(dir, name), args...)
+		cmd.Env = append(os.Environ(), "MADSIDECAR_SOCKET="+h.Socket)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s%s", name, err, out, stderr.String())
+		}
+		return string(out)
+	}
+	out := run("quickstart")
+	for _, want := range []string{"cache.get: map[n:42 text:hello]", "lock held with fence", "pubsub.message on quickstart:news: hi", "unknown method is ErrUnknownMethod: true"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("quickstart printed %q, without %q", out, want)
+		}
+	}
+	line := strings.TrimSpace(run("bench", "--pings", "200", "--warmup", "10", "--pipelined", "2000"))
+	if strings.Contains(line, "\n") {
+		t.Fatalf("bench printed more than one line: %q", line)
+	}
+	var res map[string]any
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Fatalf("bench output %q: %v", line, err)
+	}
+	if res["sdk"] != "go" || len(res) != 4 {
+		t.Fatalf("bench: %v", res)
+	}
+	for _, k := range []string{"ping_p50_us", "ping_p99_us", "pipelined_per_s"} {
+		if v, ok := res[k].(float64); !ok || v <= 0 {
+			t.Fatalf("bench %s: %v", k, res[k])
+		}
 	}
 }
