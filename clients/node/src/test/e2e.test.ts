@@ -5,7 +5,10 @@
 
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import { execFile } from "node:child_process";
 import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 
 import {
   BadRequestError,
@@ -26,6 +29,7 @@ import {
 } from "../index.js";
 import { Harness } from "./harness.js";
 
+const run = promisify(execFile);
 const RUN = `node${process.pid}x${Date.now().toString(36)}`;
 let seq = 0;
 const unique = (what: string): string => `${RUN}:${what}:${++seq}`;
@@ -403,6 +407,18 @@ describe("pipelining and limits", () => {
     const huge = await big.cacheSet({ key, value: "z".repeat(5 * 1024 * 1024) }).catch((e: unknown) => e);
     assert.ok(huge instanceof FrameLimitError);
     assert.equal(await big.ping(), "pong");
+  });
+});
+
+describe("example", () => {
+  test("examples/quickstart.mjs runs against the sidecar", async () => {
+    const script = fileURLToPath(new URL("../../examples/quickstart.mjs", import.meta.url));
+    const { stdout } = await run(process.execPath, [script], {
+      env: { ...process.env, MADSIDECAR_SOCKET: harness.socket },
+      timeout: 60_000,
+    });
+    assert.match(stdout, /^ok$/m);
+    assert.match(stdout, /pubsub.message: hi/);
   });
 });
 
