@@ -135,16 +135,7 @@ func TestE2ECacheFetchFill(t *testing.T) {
 		waiting <- outcome{r, err}
 	}()
 	// The waiter is in the sidecar's queue once stats say so.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		s := must(a.Stats(ctx))(t)
-		if s.Cache.LeaseWaiters > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second fetch never waited")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the second fetch to wait", func() bool { return must(a.Stats(ctx))(t).Cache.LeaseWaiters > 0 })
 	if r := must(a.CacheFill(ctx, CacheFillRequest{Key: key, Lease: first.Lease, Value: "computed"}))(t); !r.OK {
 		t.Fatal("fill not ok")
 	}
@@ -203,15 +194,7 @@ func TestE2ELocks(t *testing.T) {
 		}
 		waited <- r
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if must(a.Stats(ctx))(t).Locks.Waiting > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the waiter never waited")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the lock waiter to wait", func() bool { return must(a.Stats(ctx))(t).Locks.Waiting > 0 })
 	if r := must(a.LockRelease(ctx, LockReleaseRequest{Name: name, Token: got.Token}))(t); !r.Released {
 		t.Fatal("release failed")
 	}
@@ -543,12 +526,7 @@ func TestE2EFrameLimit(t *testing.T) {
 		_, err := small.LockAcquire(ctx, LockAcquireRequest{Name: name, WaitMs: Int64(10000)})
 		pending <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); must(c.Stats(ctx))(t).Locks.Waiting == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the lock waiter never waited")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the lock waiter to wait", func() bool { return must(c.Stats(ctx))(t).Locks.Waiting > 0 })
 	_, err := small.CacheGet(ctx, CacheGetRequest{Key: key})
 	var fe *FrameTooLargeError
 	if !errors.Is(err, ErrFrameTooLarge) || !errors.Is(err, ErrProtocol) || !errors.As(err, &fe) || !fe.Incoming || fe.Limit != 1024 {
@@ -628,12 +606,7 @@ func TestE2EReconnect(t *testing.T) {
 		_, err := c.LockAcquire(ctx, LockAcquireRequest{Name: other, WaitMs: Int64(20000)})
 		pending <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); must(noRe.Stats(ctx))(t).Locks.Waiting == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the waiter never waited")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the lock waiter to wait", func() bool { return must(noRe.Stats(ctx))(t).Locks.Waiting > 0 })
 
 	h.command(t, "restart")
 

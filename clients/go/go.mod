@@ -1,6 +1,6 @@
 module github.com/madsidecar/madsidecar/clients/go
 
-go 1.26.8
+go 1.22
 
 require github.com/vmihailenco/msgpack/v5 v5.4.1
 

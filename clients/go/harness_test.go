@@ -229,3 +229,15 @@ func must[T any](v T, err error) func(*testing.T) T {
 		return v
 	}
 }
+
+// waitFor polls a condition of the sidecar that no event announces (a call having
+// reached the sidecar's wait queue, as its stats show), up to a generous bound.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
