@@ -214,6 +214,7 @@ export class Client extends EventEmitter<ClientEvents> {
   private serverMaxFrame = DEFAULT_MAX_FRAME_BYTES;
   private everConnected = false;
   private opening: Promise<HelloResult> | null = null;
+  private reconnecting: Promise<HelloResult | null> | null = null;
   private closeReason: Error | null = null;
   private socketError: Error | null = null;
   private sleepTimer: { timer: NodeJS.Timeout; wake: () => void } | null = null;
@@ -251,6 +252,13 @@ export class Client extends EventEmitter<ClientEvents> {
     if (this.state === "closed") return Promise.reject(new ConnectionClosedError("client closed"));
     if ((this.state === "ready" || this.state === "draining") && this.serverInfo) {
       return Promise.resolve(this.serverInfo);
+    }
+    if (this.reconnecting !== null) {
+      // The background loop is at it: wait for it rather than race it with a second socket.
+      return this.reconnecting.then((info) => {
+        if (info === null) throw new ConnectionClosedError("client closed");
+        return info;
+      });
     }
     if (this.opening === null) {
       this.opening = this.firstConnect().finally(() => {
@@ -501,14 +509,13 @@ export class Client extends EventEmitter<ClientEvents> {
   }
 
   /** In the background after a loss: attempts with capped, jittered exponential backoff. */
-  private async reconnectLoop(): Promise<void> {
+  private async reconnectLoop(): Promise<HelloResult | null> {
     let delay = this.backoff.initialDelayMs;
     while (this.state === "connecting") {
       try {
-        await this.connectOnce(this.timeoutMs);
-        return;
+        return await this.connectOnce(this.timeoutMs);
       } catch (error) {
-        if (this.isClosed()) return;
+        if (this.isClosed()) return null;
         this.state = "connecting";
         // The sidecar refused our hello (FORBIDDEN...): the waiting calls learn why.
         if (error instanceof ServerError) this.failWaiting(error);
@@ -516,6 +523,7 @@ export class Client extends EventEmitter<ClientEvents> {
       await this.sleep(this.jittered(delay));
       delay = Math.min(delay * 2, this.backoff.maxDelayMs);
     }
+    return null;
   }
 
   private jittered(delay: number): number {
@@ -644,7 +652,12 @@ export class Client extends EventEmitter<ClientEvents> {
     const lost: ConnectionLost = { error: why, reconnecting: this.reconnectEnabled };
     this.emitSafe("connection.lost", lost);
     for (const stream of this.streams) stream.push({ name: "connection.lost", payload: lost });
-    if (this.reconnectEnabled) void this.reconnectLoop();
+    if (this.reconnectEnabled) {
+      const loop = this.reconnectLoop().finally(() => {
+        if (this.reconnecting === loop) this.reconnecting = null;
+      });
+      this.reconnecting = loop;
+    }
   }
 
   private readonly onMessage = (message: Message): void => {
