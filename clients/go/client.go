@@ -250,10 +250,11 @@ type conn struct {
 	deadErr error
 	srvErr  *ServerError // the last `error` notification: why the sidecar closed, often
 
-	wmu     sync.Mutex
-	writing bool
-	wbuf    []byte
-	spare   []byte
+	wmu   sync.Mutex
+	wbuf  []byte
+	spare []byte
+	wake  chan struct{}
+	done  chan struct{} // closed by fail
 }
 
 func (c *Client) dialAndHello(ctx context.Context) (*conn, *HelloResult, error) {
@@ -262,8 +263,10 @@ func (c *Client) dialAndHello(ctx context.Context) (*conn, *HelloResult, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("madsidecar: connect to %s: %w", c.path, err)
 	}
-	cn := &conn{c: c, nc: nc, pending: make(map[uint32]*pendingCall), maxSend: DefaultMaxFrameBytes}
+	cn := &conn{c: c, nc: nc, pending: make(map[uint32]*pendingCall), maxSend: DefaultMaxFrameBytes,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go cn.readLoop()
+	go cn.writeLoop()
 	c.mu.Lock()
 	ns := c.namespace
 	c.mu.Unlock()
@@ -296,6 +299,7 @@ func (cn *conn) fail(err error) {
 	pending := cn.pending
 	cn.pending = nil
 	cn.mu.Unlock()
+	close(cn.done)
 	_ = cn.nc.Close()
 	for _, pc := range pending {
 		pc.ch <- reply{err: err}
@@ -332,40 +336,46 @@ func (cn *conn) unregister(id uint32, pc *pendingCall) bool {
 	return false
 }
 
-// send writes a frame. Concurrent senders are combined: while one writes, the others
-// append to a buffer that the writing one flushes next, so a burst of calls goes out
-// in a few large writes while a lone call is written at once.
+// send queues a frame for the connection's writer goroutine, which writes everything
+// queued in one write: a burst of concurrent calls goes out in a few large writes, and
+// a caller never blocks on a socket the sidecar is not reading (its timeout still
+// fires).
 func (cn *conn) send(frame []byte) {
 	cn.wmu.Lock()
-	if cn.writing {
-		cn.wbuf = append(cn.wbuf, frame...)
-		cn.wmu.Unlock()
-		return
-	}
-	cn.writing = true
+	cn.wbuf = append(cn.wbuf, frame...)
 	cn.wmu.Unlock()
-	buf, owned := frame, false
+	select {
+	case cn.wake <- struct{}{}:
+	default: // the writer is awake already, and will see the frame
+	}
+}
+
+func (cn *conn) writeLoop() {
 	for {
-		if _, err := cn.nc.Write(buf); err != nil {
-			cn.fail(&connLostError{msg: "writing to " + cn.c.path, cause: err})
+		select {
+		case <-cn.wake:
+		case <-cn.done:
+			return
+		}
+		for {
 			cn.wmu.Lock()
-			cn.writing = false
-			cn.wbuf = cn.wbuf[:0]
+			buf := cn.wbuf
+			if len(buf) == 0 {
+				cn.wmu.Unlock()
+				break
+			}
+			cn.wbuf, cn.spare = cn.spare[:0], nil
 			cn.wmu.Unlock()
-			return
+			if _, err := cn.nc.Write(buf); err != nil {
+				cn.fail(&connLostError{msg: "writing to " + cn.c.path, cause: err})
+				return
+			}
+			if cap(buf) <= 1<<20 { // keep the buffer, unless a big pipeline grew it
+				cn.wmu.Lock()
+				cn.spare = buf[:0]
+				cn.wmu.Unlock()
+			}
 		}
-		cn.wmu.Lock()
-		if owned {
-			cn.spare = buf[:0]
-		}
-		if len(cn.wbuf) == 0 {
-			cn.writing = false
-			cn.wmu.Unlock()
-			return
-		}
-		buf, cn.wbuf, cn.spare = cn.wbuf, cn.spare, nil
-		owned = true
-		cn.wmu.Unlock()
 	}
 }
 
