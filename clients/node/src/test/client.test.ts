@@ -244,6 +244,8 @@ describe("client against a fake sidecar", () => {
     assert.equal(info.reconnecting, false);
     await assert.rejects(c.ping(), ConnectionClosedError);
     fake.answer = true;
+    await c.open(); // reconnect off: only an explicit open() connects again
+    assert.equal(await c.ping(), null);
   });
 
   test("an unreadable frame is a protocol violation", async () => {
