@@ -258,15 +258,27 @@ describe("client against a fake sidecar", () => {
     fake.answer = true;
   });
 
-  test("shutdown: new calls wait for the next connection", async () => {
-    const c = await connect();
+  test("shutdown: new calls wait for the next connection, which says hello and nothing else", async () => {
+    // Only this client on the fake: the others would reconnect too.
+    await Promise.all(clients.map((x) => x.close()));
+    const c = await connect({ namespace: "default" });
     const back = once(c, "reconnected");
     fake.push(frameOf([2, "shutdown", [{ deadline_ms: 0 }]]));
     await once(c, "shutdown");
     const waiting = c.ping();
     for (const s of fake.sockets) s.destroy(); // the drained sidecar closes the connection
+    const hellosBefore = fake.hellos.length;
     await back;
     assert.equal(await waiting, null);
+    assert.equal(fake.hellos.length, hellosBefore + 1);
+    assert.deepEqual(fake.hellos.at(-1), {
+      client: "madsidecar-node",
+      version: "0.1.0",
+      namespace: "default",
+    });
+    // After the hello, only the call the application made: nothing replayed.
+    const sent = await fake.next();
+    assert.equal(sent.method, "ping");
   });
 
   test("close() fails pending calls; calls after it fail at once", async () => {

@@ -22,6 +22,8 @@ export class FakeSidecar {
   private waiters: Array<(r: Received) => void> = [];
   /** Raw bytes to send as the reply to the next non-hello request, instead of `[1, id, nil, nil]`. */
   nextReply: Buffer | null = null;
+  /** The arguments of every `hello` (answered by the fake itself, not recorded as requests). */
+  readonly hellos: unknown[] = [];
   /** Whether requests are answered at all. */
   answer = true;
   helloResult: Record<string, unknown> = {
@@ -86,6 +88,7 @@ export class FakeSidecar {
         const [, msgid, method] = msg;
         if (method === "hello" && !this.helloSeen.has(sock)) {
           this.helloSeen.add(sock);
+          this.hellos.push((msg[3] as unknown[])[0] ?? {});
           sock.write(frameOf([1, msgid, null, this.helloResult]));
           continue;
         }
