@@ -215,7 +215,9 @@ impl Drop for Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 type Reply = oneshot::Sender<Result<Value>>;
@@ -607,10 +609,7 @@ fn from_result<T: DeserializeOwned>(method: &str, value: Value) -> Result<T> {
         .map_err(|e| Error::Codec(format!("{method}: unexpected result shape: {e}")))
 }
 
-async fn with_limit<T>(
-    limit: Option<Duration>,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
+async fn with_limit<T>(limit: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
     match limit {
         None => fut.await,
         Some(limit) => match tokio::time::timeout(limit, fut).await {
@@ -673,11 +672,12 @@ impl Inner {
     }
 
     async fn connect_once(self: &Arc<Self>) -> Result<Arc<Conn>> {
-        let stream = UnixStream::connect(&self.path)
-            .await
-            .map_err(|e| Error::ConnectionClosed {
-                reason: format!("cannot connect to {}: {e}", self.path),
-            })?;
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|e| Error::ConnectionClosed {
+                    reason: format!("cannot connect to {}: {e}", self.path),
+                })?;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {

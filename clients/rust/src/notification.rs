@@ -97,18 +97,25 @@ pub enum Notification {
     Error(ErrorNotification),
     /// A notification this SDK does not know (or whose payload did not have the known
     /// shape): ignore it unless you know better.
-    Other { name: String, payload: Value },
+    Other {
+        name: String,
+        payload: Value,
+    },
 
     /// Client event: the connection to the sidecar was lost. Every lock, cache lease,
     /// presence entry and subscription of that connection died with it; the client will
     /// NOT take them again by itself. Pending calls failed with
     /// [`Error::ConnectionClosed`] (or the error that closed the connection).
-    ConnectionLost { reason: String },
+    ConnectionLost {
+        reason: String,
+    },
     /// Client event: a new connection was made (and `hello` answered) after a loss.
     /// Re-acquire, re-track and re-subscribe here if the application needs to.
     Reconnected,
     /// Client event: this receiver fell behind and missed `skipped` notifications.
-    Lagged { skipped: u64 },
+    Lagged {
+        skipped: u64,
+    },
 }
 
 impl Notification {

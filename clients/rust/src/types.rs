@@ -878,7 +878,11 @@ pub struct PresenceUpdate {
 request!(PresenceUpdate, "presence.update", PresenceUpdateResult);
 
 impl PresenceUpdate {
-    pub fn new(channel: impl Into<String>, r#ref: impl Into<String>, meta: impl Into<Value>) -> Self {
+    pub fn new(
+        channel: impl Into<String>,
+        r#ref: impl Into<String>,
+        meta: impl Into<Value>,
+    ) -> Self {
         PresenceUpdate {
             channel: channel.into(),
             r#ref: r#ref.into(),
@@ -1088,7 +1092,11 @@ pub struct RatelimitResult {
 pub struct RatelimitHitMany {
     pub checks: Vec<RatelimitCheck>,
 }
-request!(RatelimitHitMany, "ratelimit.hit_many", RatelimitHitManyResult);
+request!(
+    RatelimitHitMany,
+    "ratelimit.hit_many",
+    RatelimitHitManyResult
+);
 
 impl RatelimitHitMany {
     pub fn new(checks: impl IntoIterator<Item = RatelimitCheck>) -> Self {

@@ -89,8 +89,13 @@ impl Peer {
     }
 
     async fn reply(&mut self, msgid: u32, result: Value) {
-        self.send(Value::Array(vec![1.into(), msgid.into(), Value::Nil, result]))
-            .await;
+        self.send(Value::Array(vec![
+            1.into(),
+            msgid.into(),
+            Value::Nil,
+            result,
+        ]))
+        .await;
     }
 
     async fn notify(&mut self, name: &str, payload: Value) {
@@ -105,7 +110,10 @@ impl Peer {
     /// Expect `hello` and answer it; returns its arguments.
     async fn hello(&mut self) -> Value {
         let req = self.recv().await;
-        assert_eq!(req.method, "hello", "the first request on a connection is hello");
+        assert_eq!(
+            req.method, "hello",
+            "the first request on a connection is hello"
+        );
         let namespace = req.args["namespace"]
             .as_str()
             .unwrap_or("default")
@@ -373,8 +381,7 @@ async fn a_reconnect_sends_hello_with_the_namespace_and_nothing_else() {
 
     // Nothing else was sent.
     let mut byte = [0u8; 1];
-    let idle =
-        tokio::time::timeout(Duration::from_millis(200), peer.stream.read(&mut byte)).await;
+    let idle = tokio::time::timeout(Duration::from_millis(200), peer.stream.read(&mut byte)).await;
     assert!(idle.is_err(), "the client sent nothing more");
 }
 

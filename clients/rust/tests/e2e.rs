@@ -54,7 +54,12 @@ fn harness() -> &'static Harness {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} -m tests.sdk_harness: {e}", python.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} -m tests.sdk_harness: {e}",
+                    python.display()
+                )
+            });
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -110,7 +115,10 @@ fn builder() -> ClientBuilder {
 }
 
 async fn client() -> Client {
-    builder().connect().await.expect("connect to the harness sidecar")
+    builder()
+        .connect()
+        .await
+        .expect("connect to the harness sidecar")
 }
 
 fn uniq(prefix: &str) -> String {
@@ -218,7 +226,10 @@ async fn cache_set_get_mget_delete_invalidate_warm() {
         Value::Array(vec![1.into(), "two".into(), Value::Nil]),
         Value::Map(vec![
             (1.into(), "int key".into()),
-            ("nested".into(), Value::Map(vec![("b".into(), Value::Binary(vec![1]))])),
+            (
+                "nested".into(),
+                Value::Map(vec![("b".into(), Value::Binary(vec![1]))]),
+            ),
         ]),
     ];
     for (i, value) in values.iter().enumerate() {
@@ -249,7 +260,10 @@ async fn cache_set_get_mget_delete_invalidate_warm() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].as_ref().unwrap().value, Value::from(u64::MAX));
     assert!(got[1].is_none());
-    assert_eq!(got[2].as_ref().unwrap().value, Value::Binary(vec![0, 0xff, 0x80]));
+    assert_eq!(
+        got[2].as_ref().unwrap().value,
+        Value::Binary(vec![0, 0xff, 0x80])
+    );
 
     let deleted = c
         .cache_delete(CacheDelete::new([format!("{p}:0"), format!("{p}:missing")]))
@@ -308,8 +322,7 @@ async fn cache_fetch_lease_fill_and_waiters() {
 
     // A stale lease never lands: NOT_HELD.
     let key2 = uniq("fetch");
-    let CacheFetchResult::Lease { lease } = holder.cache_fetch(key2.as_str()).await.unwrap()
-    else {
+    let CacheFetchResult::Lease { lease } = holder.cache_fetch(key2.as_str()).await.unwrap() else {
         panic!("a miss gives the lease")
     };
     holder
@@ -335,7 +348,14 @@ async fn lock_acquire_extend_inspect_release() {
     let name = uniq("lock");
 
     let never = a.lock_inspect(name.as_str()).await.unwrap();
-    assert_eq!(never, LockInspectResult { held: false, ttl_ms: 0, fence: 0 });
+    assert_eq!(
+        never,
+        LockInspectResult {
+            held: false,
+            ttl_ms: 0,
+            fence: 0
+        }
+    );
 
     let got = a
         .lock_acquire(LockAcquire {
@@ -548,8 +568,7 @@ async fn presence_with_a_subscriber() {
     let away = Value::Map(vec![("status".into(), "away".into())]);
     wait_for(&mut notes, "presence.diff with the update", |n| match n {
         Notification::PresenceDiff(d)
-            if d.channel == channel
-                && d.joins.get("alice").is_some_and(|e| e[0].meta == away) =>
+            if d.channel == channel && d.joins.get("alice").is_some_and(|e| e[0].meta == away) =>
         {
             Some(())
         }
@@ -567,18 +586,30 @@ async fn presence_with_a_subscriber() {
     assert_eq!(count, PresenceCountResult { keys: 1, refs: 1 });
 
     let removed = member
-        .presence_untrack(PresenceUntrack::new(channel.as_str(), tracked.r#ref.as_str()))
+        .presence_untrack(PresenceUntrack::new(
+            channel.as_str(),
+            tracked.r#ref.as_str(),
+        ))
         .await
         .unwrap();
     assert!(removed.removed);
-    wait_for(&mut notes, "presence.diff with alice leaving", |n| match n {
-        Notification::PresenceDiff(d) if d.channel == channel && d.leaves.contains_key("alice") => {
-            Some(())
-        }
-        _ => None,
-    })
+    wait_for(
+        &mut notes,
+        "presence.diff with alice leaving",
+        |n| match n {
+            Notification::PresenceDiff(d)
+                if d.channel == channel && d.leaves.contains_key("alice") =>
+            {
+                Some(())
+            }
+            _ => None,
+        },
+    )
     .await;
-    let ok = watcher.presence_unsubscribe(channel.as_str()).await.unwrap();
+    let ok = watcher
+        .presence_unsubscribe(channel.as_str())
+        .await
+        .unwrap();
     assert!(ok.ok);
     let count = watcher.presence_count(channel.as_str()).await.unwrap();
     assert_eq!(count, PresenceCountResult { keys: 0, refs: 0 });
@@ -711,12 +742,11 @@ async fn server_errors_map_to_their_variants() {
     let _gate = GATE.read().await;
     let c = client().await;
 
-    let err = c
-        .call("cache.get", Value::Map(vec![]))
-        .await
-        .unwrap_err();
+    let err = c.call("cache.get", Value::Map(vec![])).await.unwrap_err();
     match &err {
-        Error::BadRequest { argument, message, .. } => {
+        Error::BadRequest {
+            argument, message, ..
+        } => {
             assert_eq!(argument.as_deref(), Some("key"));
             assert!(message.contains("key"), "{message}");
         }

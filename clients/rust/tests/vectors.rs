@@ -539,7 +539,10 @@ fn notification_vectors_decode_into_typed_notifications() {
                 assert!(matches!(n.to_error(), Error::BadFrame { .. }));
                 n.data.to_value()
             }
-            Notification::Other { name: other, payload } => {
+            Notification::Other {
+                name: other,
+                payload,
+            } => {
                 // Only names this SDK does not know may come out untyped.
                 assert_eq!(other, "something.new", "{name}: known names are typed");
                 payload.clone()
