@@ -20,7 +20,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -72,7 +75,11 @@ async fn main() -> Result<(), Error> {
         "{{\"sdk\": \"rust\", \"ping_p50_us\": {:.2}, \"ping_p99_us\": {:.2}, \"pipelined_per_s\": {:.1}}}",
         percentile(&samples, 50.0),
         percentile(&samples, 99.0),
-        if elapsed > 0.0 { pipelined as f64 / elapsed } else { 0.0 },
+        if elapsed > 0.0 {
+            pipelined as f64 / elapsed
+        } else {
+            0.0
+        },
     );
     Ok(())
 }

@@ -150,6 +150,22 @@ async fn wait_for<T>(
     }
 }
 
+/// Until the sidecar's `stats.<group>.<name>` gauge is at least 1 (a call is waiting).
+async fn wait_for_gauge(c: &Client, group: &str, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = c.stats().await.unwrap();
+        if stats.raw[group][name].as_u64().unwrap_or(0) >= 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats.{group}.{name} stayed 0"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 // -- connection methods -------------------------------------------------------------------
 
 #[tokio::test]
@@ -307,7 +323,8 @@ async fn cache_fetch_lease_fill_and_waiters() {
                 .await
         }
     });
-    // Once the waiter is registered the fill wakes it; fill now (it waits either way).
+    // The fill wakes the waiter once it is waiting.
+    wait_for_gauge(&holder, "cache", "lease_waiters").await;
     holder
         .cache_fill(CacheFill {
             ttl_ms: Some(60_000),
@@ -884,14 +901,7 @@ async fn reconnect_after_restart_tells_the_app_and_does_not_retake_the_lock() {
         }
     });
     // Wait until that acquire is waiting in the sidecar.
-    let waiter = client().await;
-    loop {
-        let stats = waiter.stats().await.unwrap();
-        if stats.raw["locks"]["waiting"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    wait_for_gauge(&other, "locks", "waiting").await;
 
     command("restart").await;
     let err = pending.await.unwrap().unwrap_err();
