@@ -526,6 +526,13 @@ def sdk_specs(
     ]  # fmt: skip
 
 
+def selected(only: str | None, key: str) -> bool:
+    """--only: comma-separated substrings of row keys (a key inside one counts too)."""
+    if not only:
+        return True
+    return any(part in key or key in part for part in only.split(",") if part)
+
+
 def have_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -578,7 +585,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         metavar="SUBSTR",
-        help="run only the rows whose key contains SUBSTR (the memory load's is l1_memory)",
+        help="run only the rows whose key contains SUBSTR, or any of several separated by "
+        "commas (the memory load's is l1_memory; the SDKs' sdk_python, sdk_rust, sdk_go, "
+        "sdk_node)",
     )
     parser.add_argument(
         "--output",
@@ -720,8 +729,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outcomes: dict[str, Outcome] = {}
     exit_statuses: dict[str, int | None] = {}
     watchdog: Watchdog | None = None
-    load_memory = args.cache_entries > 0 and (not args.only or args.only in "l1_memory")
-    load_presence = args.presence_entries > 0 and (not args.only or args.only in "presence_load")
+    load_memory = args.cache_entries > 0 and selected(args.only, "l1_memory")
+    load_presence = args.presence_entries > 0 and selected(args.only, "presence_load")
     pottery = have_module("pottery")
     limits = have_module("limits")
     if not limits:
@@ -729,7 +738,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not pottery:
         progress("pottery is not installed (`pip install -e '.[test]'`): no Redlock row")
     sdk_benches: list[sdks.SdkBench] = []
-    if args.sdks and (not args.only or "sdk_" in args.only or args.only in "sdk_python"):
+    if args.sdks and any(selected(args.only, f"sdk_{sdk}@") for sdk in sdks.LANGUAGES):
         progress("building the SDKs' bench programs (--no-sdks to leave them out)")
         sdk_benches = sdks.build_all(progress)
     try:
@@ -768,10 +777,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 specs += session_specs(placement, sidecar, l1_off, redis, args.tasks)
                 specs += rate_specs(placement, sidecar, redis, limits)
                 specs += pubsub_specs(placement, sidecar, redis)
-                if sdk_benches:
-                    specs += sdk_specs(placement, sidecar, sdk_benches, args.quick)
-        if args.only:
-            specs = [spec for spec in specs if args.only in spec.key]
+            specs += sdk_specs(placement, sidecar, sdk_benches, args.quick)
+        specs = [spec for spec in specs if selected(args.only, spec.key)]
         outcomes = {spec.key: Outcome(spec) for spec in specs}
         expected_s = len(specs) * args.rounds * (args.duration + args.warmup + 0.2)
         watchdog = Watchdog(2 * expected_s + (90 if load_memory else 60), servers)

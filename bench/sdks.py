@@ -24,6 +24,7 @@ from .procs import REPO
 BUILD_TIMEOUT_S = 600.0
 RUN_TIMEOUT_S = 120.0
 FIELDS = ("ping_p50_us", "ping_p99_us", "pipelined_per_s")
+LANGUAGES = ("python", "rust", "go", "node")
 
 
 @dataclass(frozen=True)
