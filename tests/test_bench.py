@@ -32,5 +32,7 @@ def test_quick_benchmark_reports_every_row_and_target() -> None:
         figure = row.get("p50_us") or row.get("msgs_per_s")
         assert figure and figure > 0, key
     assert report["targets"] and all("met" in target for target in report["targets"])
+    measured = {key.partition("@")[0] for key in rows}
+    assert {"sdk_python", "sdk_rust", "sdk_go", "sdk_node"} <= measured, "every SDK's ping"
     assert report["sidecar_exit_status"] == 0, "the sidecar drained and exited cleanly"
     assert "ratio" in result.stdout
