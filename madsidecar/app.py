@@ -14,7 +14,7 @@ import structlog
 from . import __version__
 from .build_info import is_compiled, stale_modules
 from .cache import Cache
-from .config import Config, ConfigError, load_config, read_redis_password, reload_changes
+from .config import Config, ConfigError, load_config, reload_changes
 from .core import CoreMethods
 from .embedded_redis import EmbeddedRedis
 from .locks import Locks
@@ -23,7 +23,7 @@ from .methods import Capability, MethodTable
 from .presence import Presence
 from .pubsub import PubSub
 from .ratelimit import RateLimits
-from .redis_gateway import RedisGateway, RedisSettings
+from .redis_gateway import RedisGateway, redis_settings
 from .server import Server
 from .sessions import Sessions
 from .systemd import SystemdNotifier, take_activated_socket
@@ -72,15 +72,7 @@ class Sidecar:
         return 0
 
     async def _serve(self, redis_url: str) -> None:
-        self.gateway = RedisGateway(
-            RedisSettings(
-                url=redis_url,
-                password=read_redis_password(self.config),
-                timeout_ms=self.config.redis_timeout_ms,
-                connect_timeout_ms=self.config.redis_connect_timeout_ms,
-                health_interval_ms=self.config.redis_health_interval_ms,
-            )
-        )
+        self.gateway = RedisGateway(redis_settings(self.config, redis_url))
         self.gateway.start()
         table = MethodTable()
         self.server = Server(self.config, table, self._capabilities)
@@ -184,14 +176,7 @@ def build_capabilities(
 def describe_methods(config: Config | None = None) -> list[dict[str, Any]]:
     """The method table as data (for SDK authors' conformance files): names and arguments."""
     config = config or Config()
-    settings = RedisSettings(
-        url="unix:///nonexistent",
-        password=None,
-        timeout_ms=1,
-        connect_timeout_ms=1,
-        health_interval_ms=1,
-    )
-    gateway = RedisGateway(settings)
+    gateway = RedisGateway(redis_settings(config, "unix:///nonexistent"))
     server = Server(config, MethodTable(), [])
     capabilities = build_capabilities(config, gateway, server, dict, embedded_redis=False)
     return [method.describe() for c in capabilities for method in c.methods()]

@@ -138,6 +138,14 @@ class Config:
         None, "Redis password (prefer redis_password_file)", secret=True
     )
     redis_password_file: str | None = _setting(None, "file holding the Redis password")
+    redis_username: str | None = _setting(None, "Redis ACL user name (a user in the URL wins)")
+    redis_tls_ca_file: str | None = _setting(
+        None, "rediss://: PEM file of the CA(s) the server's certificate must chain to"
+    )
+    redis_tls_cert_file: str | None = _setting(
+        None, "rediss://: PEM client certificate, for servers that require one"
+    )
+    redis_tls_key_file: str | None = _setting(None, "rediss://: PEM key of the client certificate")
     redis_timeout_ms: int = _setting(
         1000, "deadline of every Redis command", minimum=10, maximum=600_000
     )
@@ -613,12 +621,10 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
             f"embedded_maxmemory: expected a size such as 256mb or 2gb, "
             f"got {config.embedded_maxmemory!r}"
         )
-    if config.redis_password_file is not None:
-        try:
-            with open(config.redis_password_file, encoding="utf-8") as fh:
-                fh.read(1)
-        except OSError as exc:
-            raise ConfigError(f"redis_password_file: cannot read it: {exc.strerror}") from None
+    for name in ("redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
+                 "redis_tls_key_file"):  # fmt: skip
+        _check_readable(name, getattr(config, name))
+    _check_tls(config)
     if config.session_secret_file is not None:
         try:
             with open(config.session_secret_file, "rb") as fh:
@@ -661,6 +667,29 @@ def read_session_secret(config: Config) -> bytes | None:
         return None
     with open(config.session_secret_file, "rb") as fh:
         return fh.read().strip()
+
+
+def _check_readable(name: str, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
+def _check_tls(config: Config) -> None:
+    tls_files = [
+        name
+        for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+        if getattr(config, name) is not None
+    ]
+    urls = [config.redis_url or "", *quorum_urls(config)]
+    if tls_files and not any(url.startswith("rediss://") for url in urls):
+        raise ConfigError(f"{tls_files[0]}: set, but no Redis URL is rediss:// (TLS)")
+    if (config.redis_tls_cert_file is None) != (config.redis_tls_key_file is None):
+        raise ConfigError("redis_tls_cert_file and redis_tls_key_file: set both or neither")
 
 
 def read_redis_password(config: Config) -> str | None:

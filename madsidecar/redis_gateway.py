@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .config import redact_url
+from .config import Config, read_redis_password, redact_url
 from .errors import SidecarError, Unavailable
 
 BACKOFF_FIRST_S: Final = 0.05
@@ -53,6 +53,38 @@ class RedisSettings:
     timeout_ms: int
     connect_timeout_ms: int
     health_interval_ms: int
+    # ACL user and TLS files; the URL's own user and password win over these.
+    username: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def connection_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"password": self.password}
+        if self.username is not None:
+            options["username"] = self.username
+        if self.url.startswith("rediss://"):
+            options.update(
+                ssl_ca_certs=self.tls_ca_file,
+                ssl_certfile=self.tls_cert_file,
+                ssl_keyfile=self.tls_key_file,
+            )
+        return options
+
+
+def redis_settings(config: Config, url: str) -> RedisSettings:
+    """How to reach the Redis at `url` (the main one, or a Redlock master)."""
+    return RedisSettings(
+        url=url,
+        password=read_redis_password(config),
+        timeout_ms=config.redis_timeout_ms,
+        connect_timeout_ms=config.redis_connect_timeout_ms,
+        health_interval_ms=config.redis_health_interval_ms,
+        username=config.redis_username,
+        tls_ca_file=config.redis_tls_ca_file,
+        tls_cert_file=config.redis_tls_cert_file,
+        tls_key_file=config.redis_tls_key_file,
+    )
 
 
 class PipelineCounters:
@@ -235,7 +267,7 @@ class RedisGateway:
         self._timeout_s = settings.timeout_ms / 1000
         self._pool = aioredis.ConnectionPool.from_url(
             settings.url,
-            password=settings.password,
+            **settings.connection_options(),
             socket_connect_timeout=settings.connect_timeout_ms / 1000,
             socket_timeout=None,
             health_check_interval=0,

@@ -65,9 +65,10 @@ def require_binary(name: str) -> str:
 class RedisProcess:
     """A private redis-server on a Unix socket."""
 
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self, directory: str | None = None, extra_args: Sequence[str] = ()) -> None:
         self.dir = directory or short_tempdir("msc-redis-")
         self.socket_path = os.path.join(self.dir, "redis.sock")
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,6 +98,7 @@ class RedisProcess:
                     "systemd",
                     "--logfile",
                     os.path.join(self.dir, "redis.log"),
+                    *self.extra_args,
                 ],
                 env={**os.environ, "NOTIFY_SOCKET": notify.path},
                 stdout=subprocess.DEVNULL,

@@ -25,12 +25,12 @@ from typing import Any, Final
 import structlog
 
 from ..background import BackgroundWork
-from ..config import Config, quorum_urls, read_redis_password
+from ..config import Config, quorum_urls
 from ..deferred import Deferred, then_do
 from ..errors import SidecarError
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
-from ..redis_gateway import RedisGateway, RedisSettings
+from ..redis_gateway import RedisGateway, redis_settings
 from .backends import Attempt, Inspection, LockBackend, Redlock, SingleRedis, drift_ms
 from .keys import LockKeys
 
@@ -95,18 +95,7 @@ class Locks(CapabilityBase):
         self._config = config
         self._gateway = gateway
         self._keys = LockKeys(config.key_prefix)
-        self._masters = [
-            RedisGateway(
-                RedisSettings(
-                    url,
-                    read_redis_password(config),
-                    config.redis_timeout_ms,
-                    config.redis_connect_timeout_ms,
-                    config.redis_health_interval_ms,
-                )
-            )
-            for url in quorum_urls(config)
-        ]
+        self._masters = [RedisGateway(redis_settings(config, url)) for url in quorum_urls(config)]
         self._backend: LockBackend = (
             Redlock(self._masters, gateway, self._keys.channel)
             if self._masters
