@@ -1072,6 +1072,8 @@ def render(
         spread_text = "-" if res["spread"] is None else f"{res['spread'] * 100:.0f}%"
         cpu = res["cpu_us_per_msg"]
         cpu_text = f"{cpu.get('client', 0):.1f}/{cpu.get(spec.meter or spec.server, 0):.1f}"
+        if spec.kind == "sdk":  # another process's program: its CPU is not metered
+            cpu_text = "-"
         lines.append(
             f"{spec.placement:<6} {spec.server:<7} {spec.client:<16} {spec.workload:<26} "
             f"{figures} {cpu_text:>9}  {ratio:<14} {spread_text:>6}"

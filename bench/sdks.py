@@ -12,10 +12,12 @@ build fails is reported and left out; the run goes on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +36,10 @@ class SdkBench:
     cwd: Path
 
     def run(self, socket_path: str, pings: int, pipelined: int) -> dict[str, float]:
-        env_argv = [*self.argv, "--pings", str(pings), "--pipelined", str(pipelined)]
         done = subprocess.run(
-            env_argv,
+            [*self.argv, "--pings", str(pings), "--pipelined", str(pipelined)],
             cwd=self.cwd,
-            env=_env(socket_path),
+            env={**os.environ, "MADSIDECAR_SOCKET": socket_path},
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,
@@ -55,15 +56,8 @@ class SdkBench:
         return {name: float(figures[name]) for name in FIELDS}
 
 
-def _env(socket_path: str) -> dict[str, str]:
-    import os
-
-    return {**os.environ, "MADSIDECAR_SOCKET": socket_path}
-
-
-def build_all(say: object) -> list[SdkBench]:
+def build_all(progress: Callable[[str], None]) -> list[SdkBench]:
     """The Python program plus every other SDK's that builds here."""
-    progress = say if callable(say) else print
     benches = [SdkBench("python", (sys.executable, str(REPO / "bench" / "sdk_ping.py")), REPO)]
     for builder in (_build_rust, _build_go, _build_node):
         try:

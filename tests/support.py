@@ -208,6 +208,16 @@ class SidecarProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wait_until(predicate: object, timeout: float, interval: float = 0.02) -> float:
+    """Poll `predicate` (no event exists for these states); returns the seconds it took."""
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:

@@ -20,7 +20,7 @@ import pytest
 from madsidecar_client import BlockingClient, ShuttingDownError, UnavailableError
 
 from .rawclient import RawConnection
-from .support import RedisProcess, SidecarProcess, rss_bytes
+from .support import RedisProcess, SidecarProcess, rss_bytes, wait_until
 
 MB = 1024 * 1024
 
@@ -204,16 +204,6 @@ def test_client_that_never_reads_cannot_hurt_anyone(sidecar: SidecarProcess) -> 
         assert rss_growth <= 100
         stalled.close()
         assert bystander.ping() == "pong"
-
-
-def wait_until(predicate: object, timeout: float, interval: float = 0.02) -> float:
-    """Poll `predicate` (no event exists for these states); returns the seconds it took."""
-    started = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def test_redis_killed_and_restarted(redis_server: RedisProcess) -> None:

@@ -17,8 +17,7 @@ import trustme
 from madsidecar.config import ConfigError, load_config
 from madsidecar_client import UnavailableError
 
-from .support import RedisProcess, SidecarProcess, short_tempdir
-from .test_faults import wait_until
+from .support import RedisProcess, SidecarProcess, short_tempdir, wait_until
 
 USER, PASSWORD = "sidecar", "tls-acl-s3cret"
 
@@ -80,10 +79,6 @@ def tls_redis() -> Iterator[TlsRedis]:
         redis.stop()
 
 
-def sidecar_on(tls: TlsRedis, url: str, extra: list[str]) -> SidecarProcess:
-    return SidecarProcess(url, extra_args=extra).start()
-
-
 def refused_sidecar(url: str, extra: list[str]) -> SidecarProcess:
     """A sidecar Redis refuses: it serves (answering UNAVAILABLE) but never says READY=1,
     which waits for Redis; its log line saying why is the event awaited instead."""
@@ -93,7 +88,7 @@ def refused_sidecar(url: str, extra: list[str]) -> SidecarProcess:
 
 
 def test_the_sidecar_serves_through_tls_with_an_acl_user(tls_redis: TlsRedis) -> None:
-    side = sidecar_on(tls_redis, tls_redis.url(), tls_redis.tls_args())
+    side = SidecarProcess(tls_redis.url(), extra_args=tls_redis.tls_args()).start()
     try:
         with side.client() as client:
             client.call("cache.set", {"key": "k", "value": {"over": "tls"}})
@@ -110,7 +105,7 @@ def test_user_and_password_from_settings_and_a_file(tls_redis: TlsRedis) -> None
     secret = tls_redis.dir / "redis-password"
     secret.write_text(PASSWORD + "\n")
     extra = [*tls_redis.tls_args(), "--redis-username", USER, "--redis-password-file", str(secret)]
-    side = sidecar_on(tls_redis, tls_redis.url(userinfo=""), extra)
+    side = SidecarProcess(tls_redis.url(userinfo=""), extra_args=extra).start()
     try:
         with side.client() as client:
             assert client.call("health")["ok"] is True

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from madsidecar.app import describe_methods
 from madsidecar.errors import ErrorCode, error_map
 from madsidecar.protocol import NEED_DATA, Request, ServerProtocol, encode_frame
 
@@ -553,8 +554,6 @@ def untagged(value: Any) -> Any:
 
 def method_table() -> list[dict[str, Any]]:
     """Every method the sidecar serves, with its arguments in their canonical order."""
-    from madsidecar.app import describe_methods
-
     return describe_methods()
 
 
