@@ -27,6 +27,8 @@ COMPILED = [
     "madsidecar/redis_scripts.py",
     "madsidecar/redis_feed.py",
     "madsidecar/background.py",
+    "madsidecar/hash_tags.py",
+    "madsidecar/timer_wheel.py",
     "madsidecar/cache/capability.py",
     "madsidecar/cache/guard.py",
     "madsidecar/cache/keys.py",

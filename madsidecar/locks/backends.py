@@ -20,7 +20,9 @@ def load_scripts() -> dict[str, LuaScript]:
     return {name: LuaScript.beside(__name__, f"{name}.lua") for name in SCRIPTS}
 
 
-@dataclass(frozen=True)
+# Plain (not frozen) dataclasses: mypyc compiles these to native classes, while a
+# frozen one's __init__ runs as interpreted code, once per lock request.
+@dataclass
 class Attempt:
     acquired: bool
     fence: int
@@ -28,7 +30,7 @@ class Attempt:
     ttl_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Inspection:
     held: bool
     ttl_ms: int

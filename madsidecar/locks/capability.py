@@ -31,12 +31,15 @@ from ..errors import SidecarError
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway, redis_settings
+from ..timer_wheel import TimerWheel
 from .backends import Attempt, Inspection, LockBackend, Redlock, SingleRedis, drift_ms
 from .keys import LockKeys
 
 log = structlog.get_logger("madsidecar.locks")
 
 MIN_RENEW_S: Final = 0.01
+# Renewals due within one slot share a loop timer; they run up to this much early.
+RENEWAL_SLOT_S: Final = 0.005
 TOKEN_BYTES: Final = 16
 
 # A handler's answer: now, once one Redis reply is in, or after more work (a task).
@@ -75,7 +78,7 @@ class Lease:
     ttl_ms: int  # as asked for; renewals extend by this much
     owner: Client
     valid_until: float  # monotonic: the lease is surely ours until then
-    # A timer until renewal is due; the renewal itself runs as a task then.
+    # renew=false: a timer until the lease runs out (renewals wait in Locks._renewals).
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     renewer: asyncio.Task[None] | None = field(default=None, repr=False)
     renew: bool = True
@@ -110,6 +113,7 @@ class Locks(CapabilityBase):
         self._background = BackgroundWork("lock_background_work_failed")
         self._stats = LockStats()
         self._tokens = TokenSource()
+        self._renewals: TimerWheel[Lease] = TimerWheel(RENEWAL_SLOT_S, self._renewal_due)
         # A waiting head retries at least every lock_retry_max_ms, renewing its flag.
         self._waiter_flag_ms = 2 * config.lock_retry_max_ms + 1000
 
@@ -319,12 +323,9 @@ class Locks(CapabilityBase):
     # -- leases ---------------------------------------------------------------------------
 
     def _schedule_renewal(self, lease: Lease, delay_s: float) -> None:
-        lease.timer = asyncio.get_running_loop().call_later(
-            max(delay_s, MIN_RENEW_S), self._renewal_due, lease
-        )
+        self._renewals.schedule(lease, max(delay_s, MIN_RENEW_S))
 
     def _renewal_due(self, lease: Lease) -> None:
-        lease.timer = None
         lease.renewer = asyncio.create_task(self._renew(lease), name=f"renew {lease.key}")
 
     async def _renew(self, lease: Lease) -> None:
@@ -370,6 +371,7 @@ class Locks(CapabilityBase):
             )
 
     def _stop_renewing(self, lease: Lease) -> None:
+        self._renewals.cancel(lease)
         if lease.timer is not None:
             lease.timer.cancel()
             lease.timer = None

@@ -7,9 +7,7 @@ names are percent-encoded so they cannot end the tag early.
 
 from __future__ import annotations
 
-from typing import Final
-
-_ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+from ..hash_tags import escape_tag
 
 
 class LockKeys:
@@ -18,5 +16,4 @@ class LockKeys:
         self.channel = f"{key_prefix}lock:released"
 
     def lock(self, namespace: str, name: str) -> str:
-        tag = f"{len(namespace)}:{namespace}:{name}".translate(_ESCAPES)
-        return f"{self._root}{{{tag}}}"
+        return self._root + "{" + escape_tag(f"{len(namespace)}:{namespace}:{name}") + "}"

@@ -4,8 +4,8 @@
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('DEL', KEYS[1])
-if redis.call('DEL', KEYS[2]) == 1 then
+-- One DEL for both: it counts the waiters flag as the second key deleted.
+if redis.call('DEL', KEYS[1], KEYS[2]) == 2 then
   redis.call('PUBLISH', ARGV[2], KEYS[1])
   return 2
 end

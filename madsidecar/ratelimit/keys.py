@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
-_ESCAPES: Final = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+from ..hash_tags import escape_tag
+
 ALGORITHM_SUFFIXES: Final = {"sliding_window": "sw", "sliding_counter": "sc", "gcra": "gc"}
 
 
@@ -22,10 +23,7 @@ class RateKeys:
         self.marker_root = f"{key_prefix}rlr:"
 
     def tag(self, namespace: str, rule: str, key: str) -> str:
-        tag = f"{len(namespace)}:{namespace}:{len(rule)}:{rule}:{key}"
-        if "{" in tag or "}" in tag or "%" in tag:
-            tag = tag.translate(_ESCAPES)
-        return "{" + tag + "}"
+        return "{" + escape_tag(f"{len(namespace)}:{namespace}:{len(rule)}:{rule}:{key}") + "}"
 
     def counter(self, tag: str, algorithm: str) -> str:
         return self._root + tag + ":" + ALGORITHM_SUFFIXES[algorithm]
