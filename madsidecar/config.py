@@ -17,6 +17,7 @@ from socket import gethostname
 from typing import Any, Final
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .redis_urls import RedisUrlError, check_redis_url
 
 ENV_PREFIX: Final = "MADSIDECAR_"
 DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
@@ -132,7 +133,9 @@ class Config:
     )
     socket_group: str | None = _setting(None, "group that owns the socket file")
     redis_url: str | None = _setting(
-        None, "redis://, rediss:// or unix:// URL; unset: run an embedded redis-server"
+        None,
+        "redis://, rediss://, unix:// or redis+sentinel://host:port,.../service URL; "
+        "unset: run an embedded redis-server",
     )
     redis_password: str | None = _setting(
         None, "Redis password (prefer redis_password_file)", secret=True
@@ -586,13 +589,11 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         raise ConfigError("key_prefix: must not be empty")
     if not config.node_id or len(config.node_id.encode()) > MAX_NAME_BYTES:
         raise ConfigError(f"node_id: must be 1 to {MAX_NAME_BYTES} bytes")
-    if config.redis_url is not None and not config.redis_url.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
-        raise ConfigError(
-            f"redis_url: must start with redis://, rediss:// or unix://, "
-            f"got {redact_url(config.redis_url)!r}"
-        )
+    if config.redis_url is not None:
+        try:
+            check_redis_url(config.redis_url)
+        except RedisUrlError as exc:
+            raise ConfigError(f"redis_url: {exc}, got {redact_url(config.redis_url)!r}") from None
     for url in quorum_urls(config):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(

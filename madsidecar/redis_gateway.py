@@ -17,7 +17,7 @@ import collections
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 import hiredis
@@ -25,14 +25,18 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .config import Config, read_redis_password, redact_url
 from .errors import SidecarError, Unavailable
+from .redis_urls import is_sentinel_url, parse_sentinel_url
 
 BACKOFF_FIRST_S: Final = 0.05
 BACKOFF_MAX_S: Final = 2.0
+BACKOFF_MS: Final = int(BACKOFF_FIRST_S * 1000)
+READ_ONLY: Final = "the server is a read-only replica now (a failover?)"
 
 log = structlog.get_logger("madsidecar.redis")
 
@@ -58,6 +62,7 @@ class RedisSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    client_name: str = "madsidecar"
 
     def connection_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"password": self.password}
@@ -85,6 +90,35 @@ def redis_settings(config: Config, url: str) -> RedisSettings:
         tls_cert_file=config.redis_tls_cert_file,
         tls_key_file=config.redis_tls_key_file,
     )
+
+
+def _connection_pool(settings: RedisSettings) -> aioredis.ConnectionPool:
+    """Where the gateway's connections come from: the URL's Redis, or for a Sentinel URL
+    whichever node the sentinels name as master when a connection is made (so every
+    reconnect after a failover finds the new master)."""
+    options: dict[str, Any] = {
+        **settings.connection_options(),
+        "socket_connect_timeout": settings.connect_timeout_ms / 1000,
+        "socket_timeout": None,
+        "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,
+        "client_name": settings.client_name,
+    }
+    if not is_sentinel_url(settings.url):
+        return aioredis.ConnectionPool.from_url(settings.url, **options)
+    target = parse_sentinel_url(settings.url)
+    if target.username is not None:
+        options["username"] = target.username
+    if target.password is not None:
+        options["password"] = target.password
+    # A sentinel that does not answer is skipped after the connect timeout, not waited on.
+    timeout = settings.connect_timeout_ms / 1000
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+    )
+    return SentinelConnectionPool(target.service, sentinels, **options)  # type: ignore[no-untyped-call]
 
 
 class PipelineCounters:
@@ -181,21 +215,33 @@ class _Link:
         parser = self._parser
         awaiting = self._awaiting_reply
         deadlines = self._deadlines
+        demoted = False
         try:
             parser.feed(data)
             while (reply := parser.gets()) is not False:
                 future = awaiting.popleft()
-                if not future.done():
-                    if type(reply) is hiredis.ReplyError:
-                        future.set_exception(_command_error(reply))
-                    else:
-                        future.set_result(reply)
+                if type(reply) is hiredis.ReplyError:
+                    command_error = _command_error(reply)
+                    error: SidecarError = command_error
+                    if command_error.reply_code == "READONLY":
+                        demoted = True
+                        error = Unavailable(f"redis unavailable: {READ_ONLY}", BACKOFF_MS)
+                    if not future.done():
+                        future.set_exception(error)
+                elif not future.done():
+                    future.set_result(reply)
                 if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is future:
                     deadlines.popleft()  # the oldest batch has all its replies
         except IndexError:
             self.fail("redis sent a reply nobody asked for")
+            return
         except Exception as exc:
             self.fail(f"unreadable reply: {exc}" if str(exc) else "unreadable reply")
+            return
+        if demoted:
+            # A failover turned this master into a replica: reconnect, which finds the
+            # new master (through the sentinels, for a Sentinel URL).
+            self.fail(READ_ONLY)
 
     def fail(self, reason: str) -> None:
         if self.failure is not None:
@@ -265,16 +311,7 @@ class RedisGateway:
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._timeout_s = settings.timeout_ms / 1000
-        self._pool = aioredis.ConnectionPool.from_url(
-            settings.url,
-            **settings.connection_options(),
-            socket_connect_timeout=settings.connect_timeout_ms / 1000,
-            socket_timeout=None,
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-            protocol=2,
-            client_name="madsidecar",
-        )
+        self._pool = _connection_pool(settings)
         self._link: _Link | None = None
         self._connected = asyncio.Event()
         self._closing = False
@@ -287,6 +324,11 @@ class RedisGateway:
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    def sibling(self, client_name: str) -> RedisGateway:
+        """Another gateway to the same Redis, for commands that must not share this one's
+        connection (WAIT blocks the connection it runs on). Not started."""
+        return RedisGateway(replace(self._settings, client_name=client_name))
 
     @property
     def last_error(self) -> str | None:

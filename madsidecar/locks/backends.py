@@ -92,6 +92,36 @@ class SingleRedis:
             .map(bool)
         )
 
+    async def acquire_replicated(
+        self,
+        durable: RedisGateway,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        waiting_ms: int,
+        replicas: int,
+        timeout_ms: int,
+    ) -> Attempt:
+        """`acquire`, answered only once `replicas` replicas hold the lock and its fence
+        (WAIT): a failover to one of them then keeps both. WAIT holds up the connection
+        it runs on, so this runs on `durable`, a connection of its own; acquire and WAIT
+        go out together, WAIT counting the writes of the acquire before it."""
+        keys = [key, fence_key(key), waiters_key(key)]
+        attempt = self._scripts["acquire"].call(durable, keys, [token, ttl_ms, waiting_ms])
+        acked = durable.execute("WAIT", replicas, timeout_ms)
+        got = _attempt(await attempt)
+        copies = int(await acked)
+        if got.acquired and copies < replicas:
+            await self._scripts["release"].run(
+                durable, [key, waiters_key(key)], [token, self._channel]
+            )
+            raise Unavailable(
+                f"lock not granted: {copies} of the {replicas} replicas asked for "
+                f"acknowledged it within {timeout_ms} ms",
+                retry_after_ms=timeout_ms,
+            )
+        return got
+
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._scripts["extend"].run(self._gateway, [key], [token, ttl_ms]))
 

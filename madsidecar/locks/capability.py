@@ -27,7 +27,7 @@ import structlog
 from ..background import BackgroundWork
 from ..config import Config, quorum_urls
 from ..deferred import Deferred, then_do
-from ..errors import SidecarError
+from ..errors import BadRequest, SidecarError
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway, redis_settings
@@ -38,6 +38,7 @@ from .keys import LockKeys
 log = structlog.get_logger("madsidecar.locks")
 
 MIN_RENEW_S: Final = 0.01
+MAX_WAIT_REPLICAS: Final = 64
 # Renewals due within one slot share a loop timer; they run up to this much early.
 RENEWAL_SLOT_S: Final = 0.005
 TOKEN_BYTES: Final = 16
@@ -114,6 +115,10 @@ class Locks(CapabilityBase):
         self._stats = LockStats()
         self._tokens = TokenSource()
         self._renewals: TimerWheel[Lease] = TimerWheel(RENEWAL_SLOT_S, self._renewal_due)
+        self._durable: RedisGateway | None = None
+        # WAIT answers before the command's own deadline, so a missing replica is reported
+        # as such rather than as Redis not answering.
+        self._wait_replicas_timeout_ms = max(config.redis_timeout_ms // 2, 1)
         # A waiting head retries at least every lock_retry_max_ms, renewing its flag.
         self._waiter_flag_ms = 2 * config.lock_retry_max_ms + 1000
 
@@ -130,6 +135,7 @@ class Locks(CapabilityBase):
                     Arg("ttl_ms", "int", 30_000, minimum=10, maximum=86_400_000),
                     Arg("wait_ms", "int", 0, minimum=0, maximum=86_400_000),
                     Arg("renew", "bool", True),
+                    Arg("wait_replicas", "int", 0, minimum=0, maximum=MAX_WAIT_REPLICAS),
                 ),
             ),
             Method("lock.release", self.release, (name, Arg("token", "str")), ordered_by="name"),
@@ -150,6 +156,8 @@ class Locks(CapabilityBase):
     async def close(self) -> None:
         await self._background.drain(self._gateway.timeout_s * 2)
         await self._feed.close()
+        if self._durable is not None:
+            await self._durable.close()
         for master in self._masters:
             await master.close()
 
@@ -176,7 +184,12 @@ class Locks(CapabilityBase):
 
     def acquire(self, client: Client, args: dict[str, Any]) -> Answer:
         key = self._keys.lock(client.namespace, args["name"])
-        if args["wait_ms"] > 0:
+        if args["wait_replicas"] > 0 and not isinstance(self._backend, SingleRedis):
+            raise BadRequest(
+                "lock.acquire: wait_replicas needs a single Redis (with replicas); Redlock's "
+                "masters are independent, and its quorum is what keeps a lock"
+            )
+        if args["wait_ms"] > 0 or args["wait_replicas"] > 0:
             return self._wait_and_acquire(client, key, args)
         if key in self._queues:
             # Callers already waiting on this node come first.
@@ -238,7 +251,8 @@ class Locks(CapabilityBase):
             woken = self._wake_on(key)  # before asking: a release in between still wakes us
             started = time.monotonic()
             token = self._tokens.next()
-            attempt = await self._attempt(key, token, args["ttl_ms"], self._waiter_flag_ms)
+            flag_ms = self._waiter_flag_ms if args["wait_ms"] > 0 else 0
+            attempt = await self._attempt(key, token, args, flag_ms)
             if attempt.acquired:
                 return self._grant(client, key, args, token, attempt, started)
             remaining = deadline - loop.time()
@@ -253,12 +267,34 @@ class Locks(CapabilityBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), pause)
 
-    async def _attempt(self, key: str, token: str, ttl_ms: int, waiting_ms: int) -> Attempt:
+    async def _attempt(
+        self, key: str, token: str, args: dict[str, Any], waiting_ms: int
+    ) -> Attempt:
         try:
-            return await self._backend.acquire(key, token, ttl_ms, waiting_ms)
+            replicas = args["wait_replicas"]
+            if replicas > 0 and isinstance(self._backend, SingleRedis):
+                return await self._backend.acquire_replicated(
+                    await self._durable_gateway(),
+                    key,
+                    token,
+                    args["ttl_ms"],
+                    waiting_ms,
+                    replicas,
+                    self._wait_replicas_timeout_ms,
+                )
+            return await self._backend.acquire(key, token, args["ttl_ms"], waiting_ms)
         except asyncio.CancelledError:
             self._undo_attempt(key, token)
             raise
+
+    async def _durable_gateway(self) -> RedisGateway:
+        """The connection for acquisitions that WAIT for replicas, opened on first use."""
+        if self._durable is None:
+            self._durable = self._gateway.sibling("madsidecar-locks-wait")
+            self._durable.start()
+        # Not connected in time: its commands fail as UNAVAILABLE, like the main link's.
+        await self._durable.wait_connected(self._gateway.timeout_s)
+        return self._durable
 
     def _grant(
         self,
