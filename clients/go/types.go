@@ -257,6 +257,9 @@ type LockAcquireRequest struct {
 	TTLMs  int64  `msgpack:"ttl_ms,omitempty"`
 	WaitMs *int64 `msgpack:"wait_ms,omitempty"`
 	Renew  *bool  `msgpack:"renew,omitempty"`
+	// WaitReplicas: granted only once this many replicas hold the lock (Redis WAIT), so
+	// that a failover keeps it; too few in time is an UNAVAILABLE error (an addition).
+	WaitReplicas int64 `msgpack:"wait_replicas,omitempty"`
 }
 
 func (r LockAcquireRequest) waitTime() time.Duration { return msDuration(r.WaitMs, 0) }

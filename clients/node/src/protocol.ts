@@ -36,7 +36,7 @@ export const METHOD_ARGS: Readonly<Record<string, readonly string[]>> = {
   "cache.fetch": ["key", "ttl_ms", "lease_ms", "wait_ms", "refresh_ahead_ms"],
   "cache.fill": ["key", "lease", "value", "ttl_ms"],
   "cache.warm": ["prefix"],
-  "lock.acquire": ["name", "ttl_ms", "wait_ms", "renew"],
+  "lock.acquire": ["name", "ttl_ms", "wait_ms", "renew", "wait_replicas"],
   "lock.release": ["name", "token"],
   "lock.extend": ["name", "token", "ttl_ms"],
   "lock.inspect": ["name"],

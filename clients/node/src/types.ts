@@ -127,6 +127,8 @@ export interface LockAcquireArgs {
   ttl_ms?: number;
   wait_ms?: number;
   renew?: boolean;
+  /** Granted only once this many replicas hold the lock (Redis WAIT); an addition. */
+  wait_replicas?: number;
 }
 export type LockAcquireResult =
   | { acquired: true; token: string; fence: Int64; ttl_ms: number }

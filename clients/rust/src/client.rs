@@ -514,7 +514,7 @@ methods! {
     cache_fill(CacheFill);
     /// `cache.warm {prefix}` → `{loaded}`.
     cache_warm(CacheWarm);
-    /// `lock.acquire {name, ttl_ms?, wait_ms?, renew?}`.
+    /// `lock.acquire {name, ttl_ms?, wait_ms?, renew?, wait_replicas?}`.
     lock_acquire(LockAcquire);
     /// `lock.release {name, token}` → `{released}`.
     lock_release(LockRelease);

@@ -443,7 +443,7 @@ pub struct CacheWarmResult {
 // Locks
 // ---------------------------------------------------------------------------------------
 
-/// `lock.acquire {name, ttl_ms?=30000, wait_ms?=0, renew?=true}`.
+/// `lock.acquire {name, ttl_ms?=30000, wait_ms?=0, renew?=true, wait_replicas?=0}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockAcquire {
@@ -455,6 +455,10 @@ pub struct LockAcquire {
     pub wait_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew: Option<bool>,
+    /// Granted only once this many replicas hold the lock (Redis `WAIT`), so that a
+    /// failover keeps it; too few in time is an `UNAVAILABLE` error (an addition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_replicas: Option<u64>,
 }
 
 impl Request for LockAcquire {
