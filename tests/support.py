@@ -55,6 +55,24 @@ class NotifyListener:
         self.sock.close()
 
 
+def start_notifying(command: list[str], directory: str) -> subprocess.Popen[bytes]:
+    """Start a process that speaks sd_notify (redis-server, sentinel) and wait for its
+    READY=1, on a notify socket in `directory`."""
+    notify = NotifyListener(directory)
+    try:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "NOTIFY_SOCKET": notify.path},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        notify.wait_for("READY=1")
+    finally:
+        notify.close()
+        os.unlink(notify.path)
+    return process
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -79,35 +97,27 @@ class RedisProcess:
         """Start (or restart, on the same socket) and wait for its READY=1."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "notify.sock"))
-        notify = NotifyListener(self.dir)
-        try:
-            self.process = subprocess.Popen(
-                [
-                    require_binary("redis-server"),
-                    "--port",
-                    "0",
-                    "--unixsocket",
-                    self.socket_path,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    self.dir,
-                    "--supervised",
-                    "systemd",
-                    "--logfile",
-                    os.path.join(self.dir, "redis.log"),
-                    *self.extra_args,
-                ],
-                env={**os.environ, "NOTIFY_SOCKET": notify.path},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            notify.wait_for("READY=1")
-        finally:
-            notify.close()
-            os.unlink(notify.path)
+        self.process = start_notifying(
+            [
+                require_binary("redis-server"),
+                "--port",
+                "0",
+                "--unixsocket",
+                self.socket_path,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--supervised",
+                "systemd",
+                "--logfile",
+                os.path.join(self.dir, "redis.log"),
+                *self.extra_args,
+            ],
+            self.dir,
+        )
         return self
 
     def kill(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from .support import NotifyListener, RedisProcess, require_binary, short_tempdir, wait_until
+from .support import RedisProcess, require_binary, short_tempdir, start_notifying, wait_until
 
 SERVICE = "mymaster"
 DOWN_AFTER_MS = 1000
@@ -76,19 +76,8 @@ class SentinelProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SentinelProcess:
-        notify = NotifyListener(self.dir)
-        try:
-            command = [require_binary("redis-server"), self.config, "--sentinel"]
-            self.process = subprocess.Popen(
-                [*command, "--supervised", "systemd"],
-                env={**os.environ, "NOTIFY_SOCKET": notify.path},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            notify.wait_for("READY=1")
-        finally:
-            notify.close()
-            os.unlink(notify.path)
+        command = [require_binary("redis-server"), self.config, "--sentinel"]
+        self.process = start_notifying([*command, "--supervised", "systemd"], self.dir)
         return self
 
     def direct(self) -> redis.Redis:
