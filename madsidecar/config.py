@@ -17,7 +17,7 @@ from socket import gethostname
 from typing import Any, Final
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES
-from .redis_urls import RedisUrlError, check_redis_url
+from .redis_urls import PLAIN_SCHEMES, RedisUrlError, check_redis_url
 
 ENV_PREFIX: Final = "MADSIDECAR_"
 DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
@@ -595,7 +595,7 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         except RedisUrlError as exc:
             raise ConfigError(f"redis_url: {exc}, got {redact_url(config.redis_url)!r}") from None
     for url in quorum_urls(config):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if not url.startswith(PLAIN_SCHEMES):
             raise ConfigError(
                 f"lock_quorum_urls: each must start with redis://, rediss:// or unix://, "
                 f"got {redact_url(url)!r}"

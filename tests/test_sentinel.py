@@ -178,6 +178,26 @@ def test_wait_replicas_without_the_replicas_refuses_and_leaves_the_lock_free() -
         redis.stop()
 
 
+def test_wait_replicas_answers_once_the_replica_holds_the_lock_and_its_fence() -> None:
+    # A fresh Redis: the first acquire runs as EVAL after NOSCRIPT, and must still be
+    # what WAIT counts.
+    master = TcpRedis().start()
+    replica = TcpRedis(replica_of=master.port).start()
+    sidecar = start_sidecar(f"redis://127.0.0.1:{master.port}", "durable")
+    try:
+        with sidecar.client() as client, replica.direct() as on_replica:
+            got = client.call("lock.acquire", {"name": "job", "wait_replicas": 1})
+            assert got["acquired"]
+            held = [k for k in on_replica.scan_iter("*lock:{*job}") if b"fence" not in k]
+            assert len(held) == 1 and on_replica.get(held[0]).decode() == got["token"]
+            (fence_key,) = on_replica.scan_iter("*lock:{*job}:fence")
+            assert int(on_replica.get(fence_key)) == got["fence"]
+    finally:
+        sidecar.stop()
+        replica.stop()
+        master.stop()
+
+
 def test_a_sidecar_pointed_at_a_replica_refuses_writes_as_unavailable() -> None:
     master = TcpRedis().start()
     replica = TcpRedis(replica_of=master.port).start()

@@ -46,13 +46,17 @@ class TcpRedis(RedisProcess):
         super().start()
         if self.replica_of is not None:
             # READY=1 comes before the first sync has finished; a failover test needs a
-            # replica that holds the data.
+            # replica that holds the data and acknowledges writes.
             wait_until(self._synced, TOPOLOGY_TIMEOUT_S, interval=0.05)
         return self
 
     def _synced(self) -> bool:
-        with self.direct() as direct:
-            return direct.info("replication").get("master_link_status") == "up"
+        """Acknowledging writes: after a diskless sync the master sends the replica its
+        stream (and WAIT counts it) only from the replica's first ACK, up to 1 s later."""
+        assert self.replica_of is not None
+        with redis.Redis(host="127.0.0.1", port=self.replica_of, socket_timeout=5) as master:
+            master.set("topology:synced", 1)
+            return int(master.execute_command("WAIT", 1, 100)) >= 1
 
     def direct(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)

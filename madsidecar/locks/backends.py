@@ -77,13 +77,14 @@ class SingleRedis:
         self._scripts = load_scripts()
 
     def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Deferred:
-        return (
-            self._scripts["acquire"]
-            .call(
-                self._gateway, [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
-            )
-            .map(_attempt)
-        )
+        return self._acquire_on(self._gateway, key, token, ttl_ms, waiting_ms)
+
+    def _acquire_on(
+        self, gateway: RedisGateway, key: str, token: str, ttl_ms: int, waiting_ms: int
+    ) -> Deferred:
+        keys = [key, fence_key(key), waiters_key(key)]
+        script = self._scripts["acquire"]
+        return script.call(gateway, keys, [token, ttl_ms, waiting_ms]).map(_attempt)
 
     def release(self, key: str, token: str) -> Deferred:
         return (
@@ -104,17 +105,15 @@ class SingleRedis:
     ) -> Attempt:
         """`acquire`, answered only once `replicas` replicas hold the lock and its fence
         (WAIT): a failover to one of them then keeps both. WAIT holds up the connection
-        it runs on, so this runs on `durable`, a connection of its own; acquire and WAIT
-        go out together, WAIT counting the writes of the acquire before it."""
-        keys = [key, fence_key(key), waiters_key(key)]
-        attempt = self._scripts["acquire"].call(durable, keys, [token, ttl_ms, waiting_ms])
-        acked = durable.execute("WAIT", replicas, timeout_ms)
-        got = _attempt(await attempt)
-        copies = int(await acked)
+        it runs on, so this runs on `durable`, a connection of its own, where WAIT counts
+        the writes of the acquire before it."""
+        got: Attempt = await self._acquire_on(durable, key, token, ttl_ms, waiting_ms)
+        # Only now: had Redis forgotten the script, the acquire ran as a second command
+        # (EVAL after NOSCRIPT), and a WAIT sent with the first would not cover it.
+        copies = int(await durable.execute("WAIT", replicas, timeout_ms))
         if got.acquired and copies < replicas:
-            await self._scripts["release"].run(
-                durable, [key, waiters_key(key)], [token, self._channel]
-            )
+            # Its acquire has answered, so a release on the main connection comes after it.
+            await self.release(key, token)
             raise Unavailable(
                 f"lock not granted: {copies} of the {replicas} replicas asked for "
                 f"acknowledged it within {timeout_ms} ms",
