@@ -134,8 +134,8 @@ class Config:
     socket_group: str | None = _setting(None, "group that owns the socket file")
     redis_url: str | None = _setting(
         None,
-        "redis://, rediss://, unix:// or redis+sentinel://host:port,.../service URL; "
-        "unset: run an embedded redis-server",
+        "redis://, rediss://, unix://, redis+sentinel://host:port,.../service or "
+        "redis+cluster://host:port,... URL; unset: run an embedded redis-server",
     )
     redis_password: str | None = _setting(
         None, "Redis password (prefer redis_password_file)", secret=True

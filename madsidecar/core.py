@@ -111,6 +111,9 @@ class CoreMethods(CapabilityBase):
                 "pipelines": gateway.counters.pipelines,
             },
         }
+        cluster = gateway.cluster_status()
+        if cluster is not None:
+            result["redis"]["cluster"] = cluster
         result.update({name: dict(section) for name, section in REQUIRED_SECTIONS.items()})
         result.update(self._capability_stats())
         return result

@@ -73,6 +73,10 @@ class RedisFeed:
     def connected(self) -> bool:
         return self._conn is not None
 
+    def probe_keys(self, base: str) -> list[str]:
+        """Keys whose invalidations prove every part of the feed live."""
+        return [base]
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="redis-feed")
 
@@ -207,3 +211,143 @@ class RedisFeed:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
+
+
+class _FeedPart:
+    """Hears one of a `ClusterFeed`'s connections and reports to the whole."""
+
+    def __init__(self, whole: ClusterFeed) -> None:
+        self._whole = whole
+
+    def feed_invalidated(self, keys: list[bytes] | None) -> None:
+        self._whole.handler.feed_invalidated(keys)
+
+    def feed_message(self, channel: bytes, data: bytes) -> None:
+        self._whole.handler.feed_message(channel, data)
+
+    def feed_up(self) -> None:
+        self._whole.part_up(self)
+
+    def feed_down(self, reason: str) -> None:
+        self._whole.part_down(self, reason)
+
+
+class ClusterFeed:
+    """A Redis Cluster's feed, with `RedisFeed`'s surface: the channels on one connection
+    to any master (cluster pub/sub reaches every node), key invalidations from a tracking
+    connection on every master (each one only sees writes to its own slots). It is up
+    when every part is; whenever the set of masters changes it goes down and comes up
+    again, so its owner drops what it holds after every failover or new master."""
+
+    def __init__(
+        self,
+        gateway: RedisGateway,
+        handler: FeedHandler,
+        tracking_prefixes: Sequence[str] = (),
+        channels: Sequence[str] = (),
+        name: str = "madsidecar-feed",
+    ) -> None:
+        self.handler = handler
+        self._gateway = gateway
+        self._name = name
+        self._prefixes = list(tracking_prefixes)
+        self._channel_part = _FeedPart(self)
+        self._channel_feed = RedisFeed(gateway, self._channel_part, channels=channels, name=name)
+        self._trackers: dict[RedisGateway, tuple[_FeedPart, RedisFeed]] = {}
+        self._up: set[_FeedPart] = set()
+        self._started = False
+        self._reported_up = False
+        self._closing: set[asyncio.Future[None]] = set()
+        gateway.on_masters_changed(self._masters_changed)
+
+    def add_tracking_prefix(self, prefix: str) -> None:
+        self._prefixes.append(prefix)
+
+    @property
+    def connected(self) -> bool:
+        return self._channel_feed.connected and all(
+            feed.connected for _, feed in self._trackers.values()
+        )
+
+    @property
+    def reconnects(self) -> int:
+        return self._channel_feed.reconnects + sum(f.reconnects for _, f in self._trackers.values())
+
+    @property
+    def channels(self) -> list[str]:
+        return self._channel_feed.channels
+
+    def probe_keys(self, base: str) -> list[str]:
+        return self._gateway.spread_keys(base)
+
+    def start(self) -> None:
+        self._started = True
+        self._channel_feed.start()
+        self._masters_changed()
+
+    def subscribe(self, channel: str) -> asyncio.Future[None]:
+        return self._channel_feed.subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self._channel_feed.unsubscribe(channel)
+
+    def restart(self, reason: str) -> None:
+        self._channel_feed.restart(reason)
+        for _, feed in self._trackers.values():
+            feed.restart(reason)
+
+    async def close(self) -> None:
+        self._started = False
+        feeds = [self._channel_feed, *(feed for _, feed in self._trackers.values())]
+        self._trackers.clear()
+        for feed in feeds:
+            await feed.close()
+
+    def part_up(self, part: _FeedPart) -> None:
+        self._up.add(part)
+        parts = {self._channel_part, *(p for p, _ in self._trackers.values())}
+        if self._trackers and parts <= self._up and not self._reported_up:
+            self._reported_up = True
+            self.handler.feed_up()
+
+    def part_down(self, part: _FeedPart, reason: str) -> None:
+        self._up.discard(part)
+        self._report_down(reason)
+
+    def _report_down(self, reason: str) -> None:
+        self._reported_up = False
+        self.handler.feed_down(reason)
+
+    def _masters_changed(self) -> None:
+        if not self._started:
+            return
+        masters = self._gateway.masters()
+        for gone in [node for node in self._trackers if node not in masters]:
+            part, feed = self._trackers.pop(gone)
+            self._up.discard(part)
+            closing = asyncio.ensure_future(feed.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        added = [node for node in masters if node not in self._trackers]
+        for node in added:
+            part = _FeedPart(self)
+            feed = RedisFeed(node, part, tracking_prefixes=self._prefixes, name=self._name)
+            self._trackers[node] = (part, feed)
+            feed.start()
+        if added:
+            # Writes to a new master's slots were not watched until its tracker is up.
+            self._report_down("the cluster's masters changed")
+
+
+def open_feed(
+    gateway: RedisGateway,
+    handler: FeedHandler,
+    tracking_prefixes: Sequence[str] = (),
+    channels: Sequence[str] = (),
+    name: str = "madsidecar-feed",
+) -> RedisFeed | ClusterFeed:
+    """The feed for `gateway`: one connection, or for invalidations from a cluster, one
+    per master (pub/sub alone needs a single connection to any node)."""
+    if gateway.is_cluster and tracking_prefixes:
+        return ClusterFeed(gateway, handler, tracking_prefixes, channels, name)
+    return RedisFeed(gateway, handler, tracking_prefixes, channels, name)

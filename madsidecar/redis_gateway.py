@@ -17,8 +17,9 @@ import collections
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -31,7 +32,10 @@ from redis.exceptions import RedisError
 
 from .config import Config, read_redis_password, redact_url
 from .errors import SidecarError, Unavailable
-from .redis_urls import is_sentinel_url, parse_sentinel_url
+from .redis_urls import is_cluster_url, is_sentinel_url, parse_sentinel_url
+
+if TYPE_CHECKING:
+    from .redis_cluster import ClusterRouter
 
 BACKOFF_FIRST_S: Final = 0.05
 BACKOFF_MAX_S: Final = 2.0
@@ -306,24 +310,75 @@ def _expire(batch: _Batch, timeout_s: float) -> None:
 
 
 class RedisGateway:
-    """Auto-pipelined, supervised access to one Redis."""
+    """Auto-pipelined, supervised access to one Redis, or to a Redis Cluster through one
+    gateway per master (`redis_cluster`)."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._timeout_s = settings.timeout_ms / 1000
-        self._pool = _connection_pool(settings)
         self._link: _Link | None = None
         self._connected = asyncio.Event()
         self._closing = False
         self._next_attempt_at = 0.0
         self._last_error: str | None = None
-        self.latency_us: int | None = None
+        self._latency_us: int | None = None
         self.counters = PipelineCounters()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pool: aioredis.ConnectionPool | None = None
+        self._cluster: ClusterRouter | None = None
+        if is_cluster_url(settings.url):
+            from .redis_cluster import ClusterRouter
+
+            self._cluster = ClusterRouter(settings, self.counters)
+        else:
+            self._pool = _connection_pool(settings)
 
     @property
     def connected(self) -> bool:
+        if self._cluster is not None:
+            return self._cluster.connected
         return self._link is not None
+
+    @property
+    def latency_us(self) -> int | None:
+        """The last health probe's round trip (the slowest master's, in a cluster)."""
+        if self._cluster is not None:
+            return self._cluster.latency_us
+        return self._latency_us
+
+    @property
+    def is_cluster(self) -> bool:
+        return self._cluster is not None
+
+    def slot_of(self, key: str) -> int:
+        """The key's hash slot in a cluster (0 on a single Redis): keys one script or
+        one multi-key command touches must share it."""
+        if self._cluster is None:
+            return 0
+        from .redis_cluster import slot_of
+
+        return slot_of(key)
+
+    def masters(self) -> list[RedisGateway]:
+        """One gateway per master, for commands every master must run (SCAN)."""
+        if self._cluster is None:
+            return [self]
+        return self._cluster.masters()
+
+    def on_masters_changed(self, listener: Callable[[], None]) -> None:
+        """`listener()` runs when a cluster's set of masters changes (never otherwise)."""
+        if self._cluster is not None:
+            self._cluster.on_masters_changed(listener)
+
+    def spread_keys(self, base: str) -> list[str]:
+        """Keys that land one on each master (`base` itself on a single Redis); `base`
+        must hold no braces."""
+        if self._cluster is None:
+            return [base]
+        return [f"{base}{{{tag}}}" for tag in self._cluster.master_tags()]
+
+    def cluster_status(self) -> dict[str, Any] | None:
+        return self._cluster.status() if self._cluster is not None else None
 
     def sibling(self, client_name: str) -> RedisGateway:
         """Another gateway to the same Redis, for commands that must not share this one's
@@ -332,9 +387,16 @@ class RedisGateway:
 
     @property
     def last_error(self) -> str | None:
+        if self._cluster is not None:
+            return self._cluster.last_error or next(
+                (node.last_error for node in self._cluster.masters() if node.last_error), None
+            )
         return self._last_error
 
     def start(self) -> None:
+        if self._cluster is not None:
+            self._cluster.start()
+            return
         self._tasks = [
             asyncio.create_task(self._supervise(), name="redis-supervisor"),
             asyncio.create_task(self._probe_health(), name="redis-health"),
@@ -342,7 +404,10 @@ class RedisGateway:
 
     async def wait_connected(self, timeout_s: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            if self._cluster is not None:
+                await asyncio.wait_for(self._cluster.wait_connected(), timeout_s)
+            else:
+                await asyncio.wait_for(self._connected.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
@@ -351,8 +416,17 @@ class RedisGateway:
         """Queue one command; the reply (bytes, int, list, ...) or `Unavailable`."""
         link = self._link
         if link is None or link.failure is not None:
+            if self._cluster is not None:
+                return self._cluster.execute(args)
             return self._refused()
         return link.submit(args)
+
+    def execute_for(self, key: str, *args: Any) -> asyncio.Future[Any]:
+        """`args` where `key` lives: in a cluster, on its slot's master (for commands that
+        name no key but concern one, like WAIT after a write)."""
+        if self._cluster is not None:
+            return self._cluster.execute(args, self.slot_of(key))
+        return self.execute(*args)
 
     def _refused(self) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -363,6 +437,8 @@ class RedisGateway:
 
     async def close(self) -> None:
         self._closing = True
+        if self._cluster is not None:
+            await self._cluster.close()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -370,7 +446,8 @@ class RedisGateway:
         if self._link is not None:
             await self._link.close()
             self._link = None
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def _supervise(self) -> None:
         failures = 0
@@ -397,7 +474,7 @@ class RedisGateway:
             self._link = None
             self._connected.clear()
             self._last_error = link.failure
-            self.latency_us = None
+            self._latency_us = None
             await link.close()
             if not self._closing:
                 log.warning("redis_disconnected", reason=link.failure)
@@ -415,7 +492,11 @@ class RedisGateway:
 
     async def open_connection(self) -> AbstractConnection:
         """A new, connected redis-py connection with this gateway's URL and credentials,
-        for work that cannot share the pipelined link (subscriptions)."""
+        for work that cannot share the pipelined link (subscriptions); in a cluster, to
+        some reachable master."""
+        if self._cluster is not None:
+            return await self._cluster.open_connection()
+        assert self._pool is not None
         conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -448,4 +529,4 @@ class RedisGateway:
             except SidecarError as exc:
                 link.fail(f"health probe failed: {exc.message}")
                 continue
-            self.latency_us = round((time.perf_counter() - started) * 1_000_000)
+            self._latency_us = round((time.perf_counter() - started) * 1_000_000)

@@ -296,7 +296,7 @@ def test_writes_by_anyone_under_the_prefix_invalidate_l1(
         client.call("cache.set", {"key": "ext", "value": "ours"})
         warm_l1(client, "ext")
         direct = redis.Redis(unix_socket_path=redis_server.socket_path)
-        direct.set("msc:c:7:default:ext", msgpack.packb("theirs"), px=60_000)
+        direct.set("msc:c:{7:default:ext}", msgpack.packb("theirs"), px=60_000)
         eventually(client, "ext", "theirs")
         direct.close()
 
@@ -517,7 +517,7 @@ def test_a_foreign_value_under_the_prefix_is_a_miss(
 
     a, _ = nodes
     direct = redis.Redis(unix_socket_path=redis_server.socket_path)
-    direct.set("msc:c:7:default:junk", b"\xc1 not msgpack")
+    direct.set("msc:c:{7:default:junk}", b"\xc1 not msgpack")
     direct.close()
     with a.client() as client:
         assert cache_get(client, "junk") is None

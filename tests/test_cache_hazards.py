@@ -86,7 +86,7 @@ async def test_hazard1_invalidation_during_an_inflight_read(cache: Cache) -> Non
     # key arrives, before the (now outdated) reply does.
     read = asyncio.ensure_future(answer(cache.get(client, {"key": "k"})))
     await asyncio.sleep(0)  # lets the read send its GET
-    cache.feed_invalidated([b"msc:c:7:default:k"])
+    cache.feed_invalidated([b"msc:c:{7:default:k}"])
     reply = await read
     assert reply["value"] == "old", "the caller still gets the reply it asked for"
     pending = cache.get(client, {"key": "k"})
@@ -122,7 +122,7 @@ async def test_hazard2_tracking_silently_dropped(cache: Cache, redis_server: Red
     feed._handler = DeafHandler(cache)
     # Another node writes; this node's invalidation never comes.
     other = aioredis.Redis(unix_socket_path=redis_server.socket_path)
-    await other.set("msc:c:7:default:s", msgpack.packb("v2"))
+    await other.set("msc:c:{7:default:s}", msgpack.packb("v2"))
     started = time.monotonic()
     while cache.stats()["cache"]["feed_live"]:
         assert time.monotonic() - started < 10, "the probe never noticed"

@@ -28,7 +28,7 @@ from ..deferred import Deferred
 from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..protocol import Packed
-from ..redis_feed import RedisFeed
+from ..redis_feed import open_feed
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
 from .guard import ReadGuard
@@ -129,7 +129,7 @@ class Cache(CapabilityBase):
         self._keys = CacheKeys(config.key_prefix, config.node_id)
         self._l1 = L1Cache(config.l1_max_entries, config.l1_max_bytes, config.l1_eviction)
         self._guard = ReadGuard()
-        self._feed = RedisFeed(
+        self._feed = open_feed(
             gateway,
             self,
             tracking_prefixes=(self._keys.value_root, self._keys.lease_root),
@@ -141,6 +141,7 @@ class Cache(CapabilityBase):
         self._feed_live_event = asyncio.Event()
         self._probe_nonce = 0
         self._probe_seen = asyncio.Event()
+        self._probes_unseen: set[str] = set()
         self._probe_now = asyncio.Event()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listeners: list[tuple[str, FeedListener]] = []
@@ -401,32 +402,37 @@ class Cache(CapabilityBase):
         keys = [self._keys.value(client.namespace, name) for name in args["keys"]]
         if not keys:
             return {"deleted": 0}
-        pairs = [k for key in keys for k in (key, self._keys.lease_for_value(key))]
-        deleted = await self._scripts["delete"].run(self._gateway, pairs)
+        # One script per hash slot: a cluster runs a script on one slot's keys only.
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            pair = (key, self._keys.lease_for_value(key))
+            by_slot.setdefault(self._gateway.slot_of(key), []).extend(pair)
+        script = self._scripts["delete"]
+        counts = await asyncio.gather(
+            *(script.run(self._gateway, pairs) for pairs in by_slot.values())
+        )
         for key in keys:
             self._drop_local(key)
-        return {"deleted": int(deleted)}
+        return {"deleted": sum(int(count) for count in counts)}
 
     async def invalidate(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         namespace, prefix = client.namespace, args["prefix"]
         deleted = 0
         # Leases first: a lease on a key with no value yet must be voided too.
-        cursor: Any = b"0"
-        while cursor is not None:
-            cursor, leases = await self._scan_page(
-                self._keys.lease_pattern(namespace, prefix), cursor
-            )
-            if leases:
-                await self._gateway.execute("UNLINK", *leases)
-        cursor = b"0"
-        while cursor is not None:
-            cursor, keys = await self._scan_page(
-                self._keys.value_pattern(namespace, prefix), cursor
-            )
-            if keys:
-                deleted += int(await self._gateway.execute("UNLINK", *keys))
-            for key in keys:
-                self._drop_local(key)
+        for node in self._gateway.masters():
+            cursor: Any = b"0"
+            while cursor is not None:
+                pattern = self._keys.lease_pattern(namespace, prefix)
+                cursor, leases = await self._scan_page(node, pattern, cursor)
+                await self._unlink(leases)
+        for node in self._gateway.masters():
+            cursor = b"0"
+            while cursor is not None:
+                pattern = self._keys.value_pattern(namespace, prefix)
+                cursor, keys = await self._scan_page(node, pattern, cursor)
+                deleted += await self._unlink(keys)
+                for key in keys:
+                    self._drop_local(key)
         # Keys that expired from L2 but sit in some node's L1 get no invalidation of
         # their own: every node drops the prefix from L1 on this message.
         self._drop_local_prefix(self._keys.value_prefix(namespace, prefix))
@@ -434,6 +440,16 @@ class Cache(CapabilityBase):
             "PUBLISH", self._keys.channel, self._keys.value_prefix(namespace, prefix)
         )
         return {"deleted": deleted}
+
+    async def _unlink(self, keys: list[str]) -> int:
+        """UNLINK, one command per hash slot (a cluster refuses keys of several)."""
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            by_slot.setdefault(self._gateway.slot_of(key), []).append(key)
+        counts = await asyncio.gather(
+            *(self._gateway.execute("UNLINK", *group) for group in by_slot.values())
+        )
+        return sum(int(count) for count in counts)
 
     def _jittered(self, ttl_ms: int | None) -> int:
         ttl = ttl_ms if ttl_ms is not None else self._config.cache_default_ttl_ms
@@ -587,20 +603,21 @@ class Cache(CapabilityBase):
     async def _warm(self, target: WarmTarget) -> int:
         loaded = 0
         pattern = self._keys.value_pattern(target.namespace, target.prefix)
-        cursor: Any = b"0"
-        while cursor is not None:
-            cursor, keys = await self._scan_page(pattern, cursor)
-            entries = await asyncio.gather(*(self._read_l2(key) for key in keys))
-            loaded += sum(entry is not None for entry in entries)
-            if loaded and loaded % (10 * SCAN_BATCH) < len(keys):
-                log.info("cache_warming", namespace=target.namespace, loaded=loaded)
+        for node in self._gateway.masters():
+            cursor: Any = b"0"
+            while cursor is not None:
+                cursor, keys = await self._scan_page(node, pattern, cursor)
+                entries = await asyncio.gather(*(self._read_l2(key) for key in keys))
+                loaded += sum(entry is not None for entry in entries)
+                if loaded and loaded % (10 * SCAN_BATCH) < len(keys):
+                    log.info("cache_warming", namespace=target.namespace, loaded=loaded)
         return loaded
 
-    async def _scan_page(self, pattern: str, cursor: Any) -> tuple[Any, list[str]]:
-        """One SCAN step: the next cursor (None once done) and the keys found."""
-        cursor, found = await self._gateway.execute(
-            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_BATCH
-        )
+    async def _scan_page(
+        self, node: RedisGateway, pattern: str, cursor: Any
+    ) -> tuple[Any, list[str]]:
+        """One SCAN step on one master: the next cursor (None once done), the keys."""
+        cursor, found = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_BATCH)
         done = cursor in (b"0", 0, "0")
         return (None if done else cursor), [key.decode() for key in found]
 
@@ -629,8 +646,11 @@ class Cache(CapabilityBase):
             if self._listeners and self._to_listener(key):
                 continue
             if key.startswith(self._keys.probe_root):
-                if key == self._keys.probe:
-                    self._probe_seen.set()
+                unseen = self._probes_unseen
+                if key in unseen:
+                    unseen.discard(key)
+                    if not unseen:
+                        self._probe_seen.set()
                 continue
             self._stats.invalidations += 1
             self._l1.pop(key)
@@ -700,9 +720,15 @@ class Cache(CapabilityBase):
                 continue
             self._probe_seen.clear()
             self._probe_nonce += 1
+            # One probe per master in a cluster: each master's tracker must prove itself.
+            probes = self._feed.probe_keys(self._keys.probe)
+            self._probes_unseen = set(probes)
             try:
-                await self._gateway.execute(
-                    "SET", self._keys.probe, self._probe_nonce, "PX", 60_000
+                await asyncio.gather(
+                    *(
+                        self._gateway.execute("SET", probe, self._probe_nonce, "PX", 60_000)
+                        for probe in probes
+                    )
                 )
             except SidecarError:
                 continue  # Redis is down; the feed will say so itself

@@ -110,7 +110,7 @@ class SingleRedis:
         got: Attempt = await self._acquire_on(durable, key, token, ttl_ms, waiting_ms)
         # Only now: had Redis forgotten the script, the acquire ran as a second command
         # (EVAL after NOSCRIPT), and a WAIT sent with the first would not cover it.
-        copies = int(await durable.execute("WAIT", replicas, timeout_ms))
+        copies = int(await durable.execute_for(key, "WAIT", replicas, timeout_ms))
         if got.acquired and copies < replicas:
             # Its acquire has answered, so a release on the main connection comes after it.
             await self.release(key, token)
