@@ -1,7 +1,7 @@
 """session.*: shared auth sessions, validated from memory, revoked everywhere at once.
 
-Tokens are 256 random bits; Redis and the logs only ever see a digest of them (SHA-256,
-or HMAC-SHA256 with `session_secret_file`). `session.get` is answered from this node's L1
+Tokens are 256 random bits after the user's shard (see `keys`); Redis and the logs only
+ever see a digest of them (SHA-256, or HMAC-SHA256 with `session_secret_file`). `session.get` is answered from this node's L1
 while the cache's invalidation feed is proven live: every change of a record in Redis
 (revoke, rotate, update, revoke_user, a touch, an expiry) drops it from every node's L1,
 and an entry lives there `session_l1_ttl_ms` at most in case an invalidation is lost.
@@ -45,6 +45,8 @@ SCRIPTS: Final = (
 MAX_TOKEN_CHARS: Final = 512
 TOKEN_BYTES: Final = 32  # 256 bits
 SESSION_ID_BYTES: Final = 16
+SHARD_CHARS: Final = 4
+HEX_DIGITS: Final = frozenset("0123456789abcdef")
 MAX_TTL_MS: Final = 366 * 86_400_000
 
 
@@ -127,16 +129,17 @@ class Sessions(CapabilityBase):
 
     async def create(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
         namespace, user_id = client.namespace, args["user_id"]
-        token = secrets.token_urlsafe(TOKEN_BYTES)
-        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        shard = self._user_shard(user_id)
+        token = f"{shard}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+        session_id = f"{shard}.{secrets.token_urlsafe(SESSION_ID_BYTES)}"
         digest = self._digest(token)
         data = {} if args["data"] is None else args["data"]
         expires_at_ms, _ = await self._scripts["create"].call(
             self._gateway,
             [
-                self._keys.record(namespace, digest),
-                self._keys.by_id(namespace, session_id),
-                self._keys.user(namespace, user_id),
+                self._keys.record(namespace, shard, digest),
+                self._keys.by_id(namespace, shard, session_id),
+                self._keys.user(namespace, shard, user_id),
             ],
             [
                 session_id,
@@ -151,15 +154,15 @@ class Sessions(CapabilityBase):
         return {"token": token, "session_id": session_id, "expires_at_ms": int(expires_at_ms)}
 
     def get(self, client: Client, args: dict[str, Any]) -> Any:
-        key = self._keys.record(client.namespace, self._digest(_token(args["token"])))
+        key = self._record_key(client.namespace, args["token"])
         entry = self._l1_entry(key)
         if entry is not None and not (args["touch"] and self._touch_due(entry)):
             self._stats.l1_hits += 1
             return entry.result
-        return self._read(key, client.namespace, args["touch"])
+        return self._read(key, args["touch"])
 
     async def update(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
-        key = self._keys.record(client.namespace, self._digest(_token(args["token"])))
+        key = self._record_key(client.namespace, args["token"])
         data = msgpack.packb(args["data"], use_bin_type=True)
         updated = await self._scripts["update"].call(self._gateway, [key], [data])
         self._drop(key)
@@ -167,12 +170,13 @@ class Sessions(CapabilityBase):
 
     async def rotate(self, client: Client, args: dict[str, Any]) -> dict[str, Any] | None:
         namespace = client.namespace
-        old = self._keys.record(namespace, self._digest(_token(args["token"])))
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        old = self._record_key(namespace, args["token"])
+        shard = _shard(args["token"])
+        token = f"{shard}.{secrets.token_urlsafe(TOKEN_BYTES)}"
         digest = self._digest(token)
-        new = self._keys.record(namespace, digest)
+        new = self._keys.record(namespace, shard, digest)
         rotated = await self._scripts["rotate"].call(
-            self._gateway, [old, new], [digest, self._keys.scope(namespace)]
+            self._gateway, [old, new], [digest, self._keys.scope(namespace, shard)]
         )
         self._drop(old)
         return {"token": token} if rotated else None
@@ -183,16 +187,19 @@ class Sessions(CapabilityBase):
             raise BadRequest(
                 "session.revoke: give either token or session_id", argument="session_id"
             )
-        scope = self._keys.scope(namespace)
+        shard = _shard(token if token is not None else session_id)
+        scope = self._keys.scope(namespace, shard)
         if token is not None:
-            key = self._keys.record(namespace, self._digest(_token(token)))
+            key = self._record_key(namespace, token)
             found = await self._scripts["revoke"].call(self._gateway, [key], [scope])
             revoked_id = found.decode() if found else None
         else:
             digest = await self._scripts["revoke_id"].call(
-                self._gateway, [self._keys.by_id(namespace, session_id)], [scope, session_id]
+                self._gateway,
+                [self._keys.by_id(namespace, shard, session_id)],
+                [scope, session_id],
             )
-            key = self._keys.record(namespace, digest.decode()) if digest else ""
+            key = self._keys.record(namespace, shard, digest.decode()) if digest else ""
             revoked_id = session_id if digest else None
         self._drop(key)
         revoked = revoked_id is not None
@@ -202,14 +209,15 @@ class Sessions(CapabilityBase):
         return {"revoked": revoked}
 
     async def revoke_user(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
-        namespace = client.namespace
+        namespace, user_id = client.namespace, args["user_id"]
+        shard = self._user_shard(user_id)
         digests = await self._scripts["revoke_user"].call(
             self._gateway,
-            [self._keys.user(namespace, args["user_id"])],
-            [self._keys.scope(namespace), args["except_session_id"] or ""],
+            [self._keys.user(namespace, shard, user_id)],
+            [self._keys.scope(namespace, shard), args["except_session_id"] or ""],
         )
         for digest in digests:
-            self._drop(self._keys.record(namespace, digest.decode()))
+            self._drop(self._keys.record(namespace, shard, digest.decode()))
         self._stats.revoked += len(digests)
         log.info(
             "sessions_revoked_for_user",
@@ -219,11 +227,12 @@ class Sessions(CapabilityBase):
         return {"revoked": len(digests)}
 
     async def list_sessions(self, client: Client, args: dict[str, Any]) -> list[dict[str, Any]]:
-        namespace = client.namespace
+        namespace, user_id = client.namespace, args["user_id"]
+        shard = self._user_shard(user_id)
         rows = await self._scripts["list"].call(
             self._gateway,
-            [self._keys.user(namespace, args["user_id"])],
-            [self._keys.scope(namespace)],
+            [self._keys.user(namespace, shard, user_id)],
+            [self._keys.scope(namespace, shard)],
         )
         return [
             {
@@ -238,7 +247,7 @@ class Sessions(CapabilityBase):
 
     # -- reads and L1 ---------------------------------------------------------------------
 
-    async def _read(self, key: str, namespace: str, touch: bool) -> dict[str, Any] | None:
+    async def _read(self, key: str, touch: bool) -> dict[str, Any] | None:
         generation = self._guard.begin(key)
         fresh = False
         try:
@@ -247,7 +256,7 @@ class Sessions(CapabilityBase):
                 fields = await self._scripts["touch"].call(
                     self._gateway,
                     [key],
-                    [self._config.session_touch_interval_ms, self._keys.scope(namespace)],
+                    [self._config.session_touch_interval_ms, _scope_of(key)],
                 )
             else:
                 fields = await self._gateway.execute("HGETALL", key)
@@ -295,6 +304,13 @@ class Sessions(CapabilityBase):
             self._l1.pop(key, None)
             self._guard.invalidated(key)
 
+    def _record_key(self, namespace: str, token: str) -> str:
+        return self._keys.record(namespace, _shard(_token(token)), self._digest(token))
+
+    def _user_shard(self, user_id: str) -> str:
+        """The user's shard: keyed like token digests, so it tells nothing of the id."""
+        return self._digest("user\0" + user_id)[:SHARD_CHARS]
+
     def _digest(self, token: str) -> str:
         raw = token.encode("utf-8", "surrogatepass")
         if self._secret is not None:
@@ -322,6 +338,20 @@ def _token(value: str) -> str:
             argument="token",
         )
     return value
+
+
+def _shard(token_or_id: str) -> str:
+    """The shard a token or session id starts with; "" for one made by no sidecar of this
+    layout (it then names no session)."""
+    shard, dot, _ = token_or_id.partition(".")
+    if dot and len(shard) == SHARD_CHARS and HEX_DIGITS.issuperset(shard):
+        return shard
+    return ""
+
+
+def _scope_of(record_key: str) -> str:
+    """The key root a record key starts with (up to and with its `t:`'s colon)."""
+    return record_key[: record_key.rindex("}:") + 2]
 
 
 def _record(fields: list[bytes]) -> Entry:

@@ -1,41 +1,47 @@
-"""Where sessions live in Redis, under `<prefix>s:<len(ns)>:<ns>:`:
+"""Where sessions live in Redis, under `<prefix>s:{<len(ns)>:<ns>:<shard>}:`:
 
 - `t:<digest>`: the record, a hash, keyed by the token's digest (never the token);
 - `i:<session_id>`: the digest of the session's current token, for revoke by id;
 - `u:<user_id>`: the user's sessions, a sorted set of ids scored by expiry (ms).
 
-All three expire with the session (the user index with its last session). The root is
-tracked by the node's invalidation feed; only record keys are held in L1.
+All three expire with the session (the user index with its last session). The shard is
+four hex digits of a digest of the user id, and it starts every token and session id
+the user is given (`<shard>.<random>`): so the braces, a Redis Cluster hash tag, put a
+user's records and indexes in one slot, where one script can change them together, and
+the slot is known from a token alone. The root is tracked by the node's invalidation
+feed; only record keys are held in L1.
 """
 
 from __future__ import annotations
+
+from ..hash_tags import escape_tag
 
 
 class SessionKeys:
     def __init__(self, key_prefix: str) -> None:
         self.root = f"{key_prefix}s:"
-        self._scopes: dict[str, str] = {}
+        self._scopes: dict[tuple[str, str], str] = {}
 
-    def scope(self, namespace: str) -> str:
-        """The namespace's key root; the scripts build index keys from it."""
-        scope = self._scopes.get(namespace)
+    def scope(self, namespace: str, shard: str) -> str:
+        """The key root of the namespace's sessions in `shard`; the scripts build index
+        keys from it."""
+        scope = self._scopes.get((namespace, shard))
         if scope is None:
-            scope = self._scopes[namespace] = f"{self.root}{len(namespace)}:{namespace}:"
+            tag = escape_tag(f"{len(namespace)}:{namespace}:{shard}")
+            scope = self._scopes[(namespace, shard)] = f"{self.root}{{{tag}}}:"
         return scope
 
-    def record(self, namespace: str, digest: str) -> str:
-        return self.scope(namespace) + "t:" + digest
+    def record(self, namespace: str, shard: str, digest: str) -> str:
+        return self.scope(namespace, shard) + "t:" + digest
 
-    def by_id(self, namespace: str, session_id: str) -> str:
-        return self.scope(namespace) + "i:" + session_id
+    def by_id(self, namespace: str, shard: str, session_id: str) -> str:
+        return self.scope(namespace, shard) + "i:" + session_id
 
-    def user(self, namespace: str, user_id: str) -> str:
-        return self.scope(namespace) + "u:" + user_id
+    def user(self, namespace: str, shard: str, user_id: str) -> str:
+        return self.scope(namespace, shard) + "u:" + user_id
 
     def is_record(self, key: str) -> bool:
         """Whether `key` (under the root) is a session record."""
-        length, sep, tail = key[len(self.root) :].partition(":")
-        if not sep or not length.isdigit():
-            return False
-        size = int(length)
-        return tail[size : size + 3] == ":t:"
+        tail = key[len(self.root) :]
+        end = tail.find("}")
+        return tail.startswith("{") and tail[end + 1 : end + 4] == ":t:"
