@@ -28,6 +28,7 @@ import structlog
 
 from ..background import BackgroundWork
 from ..config import Config
+from ..hash_tags import escape_tag
 from ..errors import BadRequest, Unavailable
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
@@ -36,7 +37,7 @@ from ..redis_scripts import LuaScript
 
 log = structlog.get_logger("madsidecar.presence")
 
-SCRIPTS: Final = ("track", "untrack", "update", "list", "sweep")
+SCRIPTS: Final = ("track", "untrack", "update", "list", "sweep", "sweep_channel")
 NOTIFY_DIFF: Final = "presence.diff"
 NOTIFY_STATE: Final = "presence.state"
 SWEEP_CLAIM_MS: Final = 30_000
@@ -82,10 +83,11 @@ class Presence(CapabilityBase):
         self._tag = hashlib.sha1(config.node_id.encode()).hexdigest()[:12]
         self._root = f"{prefix}pr:"
         self._diff_root = f"{prefix}prd:"
-        self._lease_root = f"{prefix}pr:node:"
-        self._lease = self._lease_root + self._tag
-        self._my_channels = f"{prefix}pr:nodech:{self._tag}"
+        self._lease = self._lease_of(self._tag)
+        self._my_channels = self._channels_of(self._tag)
         self._registry = f"{prefix}pr:nodes"
+        # Entries keys this node's channel list in Redis is known to hold.
+        self._registered: set[str] = set()
         self._scripts = {name: LuaScript.beside(__name__, f"{name}.lua") for name in SCRIPTS}
         self._feed = RedisFeed(
             gateway, self, name="madsidecar-presence:" + re.sub(r"[^\w.:-]", "_", config.node_id)
@@ -309,6 +311,7 @@ class Presence(CapabilityBase):
     async def _write_all_again(self) -> None:
         held = [entry for entries in self._tracked.values() for entry in entries.values()]
         log.warning("presence_entries_restored", entries=len(held))
+        self._registered.clear()
         for entry in held:
             await self._write(entry)
 
@@ -324,27 +327,42 @@ class Presence(CapabilityBase):
     async def _sweep_once(self) -> None:
         for raw in await self._gateway.execute("SMEMBERS", self._registry):
             tag = raw.decode()
-            if tag == self._tag or await self._gateway.execute("EXISTS", self._lease_root + tag):
+            if tag == self._tag or await self._gateway.execute("EXISTS", self._lease_of(tag)):
                 continue
-            removed = await self._scripts["sweep"].call(
+            channels = await self._scripts["sweep"].call(
                 self._gateway,
-                [
-                    self._lease_root + tag,
-                    f"{self._root}nodech:{tag}",
-                    self._registry,
-                    f"{self._root}sweep:{tag}",
-                ],
-                [tag, self._tag, SWEEP_CLAIM_MS],
+                [self._lease_of(tag), self._channels_of(tag), f"{self._root}sweep:{{{tag}}}"],
+                [self._tag, SWEEP_CLAIM_MS],
             )
-            if removed >= 0:
-                log.warning("presence_node_swept", node_tag=tag, entries=removed)
+            if not channels:
+                continue
+            removed = 0
+            # One script per channel: in a cluster each channel's keys have a slot of their
+            # own. A sweeper that dies midway leaves the rest to the next, after the claim.
+            for entries, diff_channel in zip(channels[::2], channels[1::2], strict=True):
+                removed += await self._scripts["sweep_channel"].call(
+                    self._gateway,
+                    [entries, entries[:-1] + b"v"],
+                    [tag, diff_channel],
+                )
+            await self._gateway.execute("DEL", self._channels_of(tag))
+            await self._gateway.execute("SREM", self._registry, tag)
+            log.warning("presence_node_swept", node_tag=tag, entries=removed)
 
     # -- internals ------------------------------------------------------------------------
 
     def _keys(self, namespace: str, channel: str) -> tuple[str, str, str]:
+        """The channel's entries and version keys (one hash slot), and its diff channel."""
         scope = f"{len(namespace)}:{namespace}:{channel}"
-        base = f"{self._root}c:{scope}:"
+        base = f"{self._root}c:{{{escape_tag(scope)}}}:"
         return base + "e", base + "v", self._diff_root + scope
+
+    def _lease_of(self, node_tag: str) -> str:
+        return f"{self._root}node:{{{node_tag}}}"
+
+    def _channels_of(self, node_tag: str) -> str:
+        """The node's channel list: its slot is the node's lease's."""
+        return f"{self._root}nodech:{{{node_tag}}}"
 
     def _stored(self, key: str, ref: str, meta: Any) -> bytes:
         entry = {
@@ -364,9 +382,13 @@ class Presence(CapabilityBase):
 
     async def _write(self, tracked: Tracked) -> None:
         _, _, diff_channel = self._keys(tracked.namespace, tracked.channel)
+        if tracked.entries not in self._registered:
+            # Listed before the entry is written, so a sweeper after a crash finds it.
+            await self._gateway.execute("HSET", self._my_channels, tracked.entries, diff_channel)
+            self._registered.add(tracked.entries)
         await self._scripts["track"].call(
             self._gateway,
-            [tracked.entries, tracked.version_key, self._my_channels],
+            [tracked.entries, tracked.version_key],
             [tracked.ref, tracked.stored, diff_channel],
         )
 
@@ -379,14 +401,23 @@ class Presence(CapabilityBase):
 
     async def _list(self, namespace: str, channel: str) -> tuple[int, dict[str, list[Any]]]:
         entries, version_key, _ = self._keys(namespace, channel)
-        reply = await self._scripts["list"].call(
-            self._gateway, [entries, version_key], [self._lease_root]
-        )
+        reply = await self._scripts["list"].call(self._gateway, [entries, version_key])
+        refs, stored_values = reply[1::2], reply[2::2]
+        live = await self._live_nodes({ref.partition(b".")[0].decode() for ref in refs})
         members: dict[str, list[Any]] = {}
-        for stored in reply[1:]:
-            key, entry = msgpack.unpackb(stored, raw=False, strict_map_key=False)
-            members.setdefault(key, []).append(entry)
+        for ref, stored in zip(refs, stored_values, strict=True):
+            if ref.partition(b".")[0].decode() in live:
+                key, entry = msgpack.unpackb(stored, raw=False, strict_map_key=False)
+                members.setdefault(key, []).append(entry)
         return int(reply[0]), members
+
+    async def _live_nodes(self, tags: set[str]) -> set[str]:
+        """The nodes among `tags` whose lease is current (this one always is)."""
+        others = sorted(tags - {self._tag})
+        leases = await asyncio.gather(
+            *(self._gateway.execute("EXISTS", self._lease_of(tag)) for tag in others)
+        )
+        return {self._tag} | {tag for tag, held in zip(others, leases, strict=True) if held}
 
     def _unwatch(self, conn_id: int, diff_channel: str) -> None:
         watching = self._watching.get(conn_id)
