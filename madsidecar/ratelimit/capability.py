@@ -1,7 +1,10 @@
 """ratelimit.*: exact limits shared by every node, decided by one Redis script per call.
 
 Every check is one atomic script with Redis's clock; `hit_many` puts all its checks in
-the same script, so they consume together or not at all. A denied hit consumes nothing,
+the same script, so they consume together or not at all. In a Redis Cluster, checks whose
+keys sit in different slots cannot share a script: each slot's checks run as one, and
+when one slot's are denied the others' are given back (refund.lua), so none consumes;
+until the refund lands, the units are briefly held. A denied hit consumes nothing,
 so once Redis says "denied until T" for a key, this node answers further hits of that key
 (of the same cost or more) itself until T: a flood of blocked traffic costs Redis
 nothing, and the answer is still exact. A `ratelimit.reset` anywhere drops those
@@ -127,6 +130,7 @@ class RateLimits(CapabilityBase):
         self._keys = RateKeys(config.key_prefix)
         self._check_script = LuaScript.beside(__name__, "check.lua")
         self._reset_script = LuaScript.beside(__name__, "reset.lua")
+        self._refund_script = LuaScript.beside(__name__, "refund.lua")
         self._rules: dict[str, RateRule] = {}
         self._timeout_s = 0.05
         self._max_log_limit = 0
@@ -309,6 +313,10 @@ class RateLimits(CapabilityBase):
             remembered = self._remembered(checks)
             if remembered is not None:
                 return remembered[0] if single else _many(remembered)
+        if len(checks) > 1 and self._gateway.is_cluster:
+            slots = {self._gateway.slot_of(check.counter) for check in checks}
+            if len(slots) > 1:
+                return self._hit_across_slots(checks)
         argv: list[Any] = ["hit" if consume else "peek"]
         for check in checks:
             argv.extend(check.script_args())
@@ -325,6 +333,68 @@ class RateLimits(CapabilityBase):
             return results[0] if single else _many(results)
 
         return deferred.map(decided).recover(degraded)
+
+    async def _hit_across_slots(self, checks: Sequence[Check]) -> dict[str, Any]:
+        by_slot: dict[int, list[int]] = {}
+        for index, check in enumerate(checks):
+            by_slot.setdefault(self._gateway.slot_of(check.counter), []).append(index)
+        groups = [[checks[index] for index in indexes] for indexes in by_slot.values()]
+        generation = self._generation
+        replies = await asyncio.gather(
+            *(self._check_script.call(self._gateway, *_hit_script_args(g)) for g in groups),
+            return_exceptions=True,
+        )
+        failed = next((r for r in replies if isinstance(r, BaseException)), None)
+        consumed = [
+            (group, reply)
+            for group, reply in zip(groups, replies, strict=True)
+            if not isinstance(reply, BaseException) and reply[0] == 1
+        ]
+        if failed is None and len(consumed) == len(groups):
+            results = [
+                self._from_redis(group, reply, generation)
+                for group, reply in zip(groups, replies, strict=True)
+                if not isinstance(reply, BaseException)
+            ]
+            return self._in_order(checks, groups, results)
+        for group, reply in consumed:
+            await self._refund(group, reply)
+        if failed is not None:
+            return _many(self._degraded(checks, True, failed))
+        results = []
+        for group, reply in zip(groups, replies, strict=True):
+            assert not isinstance(reply, BaseException)
+            given_back = [
+                check.cost if reply[0] == 1 and reply[1 + 4 * i] else 0
+                for i, check in enumerate(group)
+            ]
+            group_results = self._from_redis(group, reply, generation)
+            for result, cost in zip(group_results, given_back, strict=True):
+                result["remaining"] += cost
+            results.append(group_results)
+        return self._in_order(checks, groups, results)
+
+    async def _refund(self, group: list[Check], reply: list[int]) -> None:
+        refunded = [check for i, check in enumerate(group) if reply[1 + 4 * i]]
+        argv: list[Any] = [reply[-1]]
+        for check in refunded:
+            algorithm, limit, window_ms, cost, _ = check.script_args()
+            argv += [algorithm, limit, window_ms, cost]
+        try:
+            await self._refund_script.call(self._gateway, [c.counter for c in refunded], argv)
+        except SidecarError as exc:
+            log.warning("ratelimit_refund_failed", reason=exc.message, checks=len(refunded))
+
+    @staticmethod
+    def _in_order(
+        checks: Sequence[Check], groups: list[list[Check]], results: list[list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        by_check = {
+            id(check): result
+            for group, group_results in zip(groups, results, strict=True)
+            for check, result in zip(group, group_results, strict=True)
+        }
+        return _many([by_check[id(check)] for check in checks])
 
     def _from_redis(
         self, checks: Sequence[Check], reply: list[int], generation: int
@@ -522,6 +592,13 @@ def _fixed(check: Check, consume: bool) -> Decision:
     if check.on_redis_down == "allow":
         return Decision(True, max(check.limit - (check.cost if consume else 0), 0), 0, 0)
     return Decision(False, 0, 0, min(DEGRADED_RETRY_MS, check.window_ms))
+
+
+def _hit_script_args(checks: Sequence[Check]) -> tuple[list[str], list[Any]]:
+    argv: list[Any] = ["hit"]
+    for check in checks:
+        argv.extend(check.script_args())
+    return [check.counter for check in checks], argv
 
 
 def _many(results: list[dict[str, Any]]) -> dict[str, Any]:

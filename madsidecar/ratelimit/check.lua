@@ -2,7 +2,8 @@
 -- all of them consume or none does (a denied hit consumes nothing).
 -- KEYS[i]: check i's counter. ARGV[1]: "hit" or "peek"; then five per check:
 -- algorithm (sw, sc, gc), limit, window ms, cost, shadow (1: never blocks the others).
--- Returns {consumed (0/1), then per check: allowed (0/1), remaining, reset ms, retry ms}.
+-- Returns {consumed (0/1), then per check: allowed (0/1), remaining, reset ms, retry ms,
+-- then Redis's time in us}.
 -- Times are integer microseconds; every value stays far below 2^53, so doubles are exact.
 -- Written without closures or per-check tables: a script's body runs anew on every call,
 -- and creating them cost more than the Redis commands.
@@ -128,4 +129,6 @@ for i = 1, n do
   reply[#reply + 1] = reset > 0 and math.ceil(reset / 1000) or 0
   reply[#reply + 1] = retry[i] > 0 and math.ceil(retry[i] / 1000) or 0
 end
+-- The time of the hit, which a cross-slot hit_many needs to undo it (refund.lua).
+reply[#reply + 1] = now
 return reply
