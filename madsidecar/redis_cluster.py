@@ -82,6 +82,7 @@ class ClusterRouter:
         self._listeners: list[Callable[[], None]] = []
         self._refresh_wanted = asyncio.Event()
         self._mapped = asyncio.Event()
+        self._remapped = asyncio.Event()  # set, and replaced, whenever the map is read
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.last_error: str | None = None
@@ -176,14 +177,12 @@ class ClusterRouter:
         asking: Address | None,
     ) -> None:
         address = asking or self._address_for(slot)
-        if address is None:
+        if address is None or (asking is None and not self._is_live(address)):
+            # A failover in progress, or one the map has not caught up with yet: wait for
+            # a reachable master within the command's deadline rather than fail at once.
             self._want_refresh()
-            why = (
-                "the cluster map is not loaded yet"
-                if not self._mapped.is_set()
-                else (f"no reachable master serves slot {slot} (a failover?)")
-            )
-            outer.set_exception(Unavailable(f"redis unavailable: {why}", retry_after_ms=250))
+            routed = self._send_when_routable(outer, args, slot, deadline, redirects)
+            self._spawn(routed, "redis-cluster-route")
             return
         node = self._node(address)
         if asking is not None:
@@ -192,6 +191,32 @@ class ClusterRouter:
         inner.add_done_callback(
             partial(self._replied, outer, args, slot, deadline, redirects, address)
         )
+
+    async def _send_when_routable(
+        self,
+        outer: asyncio.Future[Any],
+        args: tuple[Any, ...],
+        slot: int | None,
+        deadline: float,
+        redirects: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while (left := deadline - loop.time()) > 0 and not outer.done():
+            address = self._address_for(slot)
+            if address is not None and self._is_live(address):
+                self._send(outer, args, slot, deadline, redirects, None)
+                return
+            remapped = self._remapped
+            # Bounded: a node may also come back without the map changing.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(remapped.wait(), min(left, UNSETTLED_REFRESH_S / 5))
+        if not outer.done():
+            why = (
+                "the cluster map is not loaded yet"
+                if not self._mapped.is_set()
+                else f"no reachable master serves slot {slot} (a failover?)"
+            )
+            outer.set_exception(Unavailable(f"redis unavailable: {why}", retry_after_ms=250))
 
     def _address_for(self, slot: int | None) -> Address | None:
         if slot is not None:
@@ -387,6 +412,8 @@ class ClusterRouter:
         self._known = tuple(dict.fromkeys(known))
         for address in masters:
             self._node(address)
+        remapped, self._remapped = self._remapped, asyncio.Event()
+        remapped.set()
         if masters != self._masters:
             before = self._masters
             self._masters = frozenset(masters)
