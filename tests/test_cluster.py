@@ -294,6 +294,14 @@ class Loaded:
     loads: list[Load]
     threads: list[threading.Thread]
 
+    def wait_for_calls(self, more: int) -> None:
+        """Until every load made `more` calls from now: service is back everywhere."""
+        before = [load.calls for load in self.loads]
+        wait_until(
+            lambda: all(load.calls >= n + more for load, n in zip(self.loads, before, strict=True)),
+            10,
+        )
+
     def stop(self) -> None:
         for load in self.loads:
             load.stop.set()
@@ -348,7 +356,7 @@ def test_a_master_killed_under_load_is_followed_and_nothing_stale_is_served(
             a.call("cache.set", {"key": "config", "value": "after"})
             assert b.call("cache.get", {"key": "config"})["value"] == "after"
             recovered_at = time.monotonic()
-            wait_until(lambda: all(load.calls > 50 for load in loaded.loads), 10)  # type: ignore[union-attr]
+            loaded.wait_for_calls(50)
         loaded.stop()
         for load in loaded.loads:
             assert load.failures == [], load.failures
@@ -402,15 +410,12 @@ def test_slots_resharded_under_load_fail_no_request(fresh_cluster: ClusterTopolo
         with first.client() as a:
             wait_until(lambda: a.stats()["cache"]["feed_live"], 10)
         loaded = start_load(first, second)
-        wait_until(lambda: all(load.calls > 20 for load in loaded.loads), 10)  # type: ignore[union-attr]
+        loaded.wait_for_calls(20)
         source, target, _ = fresh_cluster.master_ports()
         for moving in (source, target):
             others = [port for port in fresh_cluster.master_ports() if port != moving]
             fresh_cluster.wait_reshard(fresh_cluster.reshard(moving, others[0], 2000), 120)
-        before = [load.calls for load in loaded.loads]
-        wait_until(
-            lambda: all(l.calls > n + 20 for l, n in zip(loaded.loads, before, strict=True)), 10
-        )  # type: ignore[union-attr]
+        loaded.wait_for_calls(20)
         loaded.stop()
         for load in loaded.loads:
             assert load.failures == [] and load.refused == 0, (load.failures, load.refused)
