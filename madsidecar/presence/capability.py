@@ -28,8 +28,8 @@ import structlog
 
 from ..background import BackgroundWork
 from ..config import Config
-from ..hash_tags import escape_tag
 from ..errors import BadRequest, Unavailable
+from ..hash_tags import escape_tag
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_feed import RedisFeed
 from ..redis_gateway import RedisGateway

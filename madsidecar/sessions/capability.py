@@ -1,10 +1,11 @@
 """session.*: shared auth sessions, validated from memory, revoked everywhere at once.
 
 Tokens are 256 random bits after the user's shard (see `keys`); Redis and the logs only
-ever see a digest of them (SHA-256, or HMAC-SHA256 with `session_secret_file`). `session.get` is answered from this node's L1
-while the cache's invalidation feed is proven live: every change of a record in Redis
-(revoke, rotate, update, revoke_user, a touch, an expiry) drops it from every node's L1,
-and an entry lives there `session_l1_ttl_ms` at most in case an invalidation is lost.
+ever see a digest of them (SHA-256, or HMAC-SHA256 with `session_secret_file`).
+`session.get` is answered from this node's L1 while the cache's invalidation feed is
+proven live: every change of a record in Redis (revoke, rotate, update, revoke_user, a
+touch, an expiry) drops it from every node's L1, and an entry lives there
+`session_l1_ttl_ms` at most in case an invalidation is lost.
 """
 
 from __future__ import annotations
