@@ -251,3 +251,12 @@ def kill_redis_client(direct: Any, name: str) -> None:
     found = [c for c in direct.client_list() if c["name"] == name]
     assert found, f"no Redis connection named {name!r}"
     direct.client_kill_filter(_id=found[0]["id"])
+
+
+def next_note(client: BlockingClient, name: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        note = client.next_notification(left)
+        if note is not None and note.name == name:
+            return note.payload
+    raise AssertionError(f"no {name} within {timeout} s")

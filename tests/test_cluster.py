@@ -5,23 +5,21 @@ master; then a master killed with SIGKILL under load, and slots resharded under 
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from madsidecar.ratelimit.keys import RateKeys
 from madsidecar.redis_cluster import slot_of
-from madsidecar_client import BlockingClient, MadsidecarError, UnavailableError
+from madsidecar_client import BlockingClient, UnavailableError
 from madsidecar_client.errors import ServerTimeoutError
 
-from .support import SidecarProcess, wait_until
+from .failover_load import REDIS_TIMEOUT_MS, Loaded, start_load, start_sidecar
+from .support import SidecarProcess, next_note, wait_until
 from .topologies import ClusterTopology
 
-REDIS_TIMEOUT_MS = 500
 # A call may take the command deadline, a redirect's, a reconnect attempt's, and scheduling.
 CALL_BOUND_S = 3 * REDIS_TIMEOUT_MS / 1000 + 1.0
 FOLLOW_MARGIN_S = 2.0
@@ -29,18 +27,6 @@ FAILOVER_LIMIT_S = 30.0
 FAST_PRESENCE = ["--presence-node-timeout-ms", "1000", "--presence-sweep-interval-ms", "300"]
 
 Nodes = tuple[SidecarProcess, SidecarProcess]
-
-
-def start_sidecar(url: str, node: str, *extra: str) -> SidecarProcess:
-    return SidecarProcess(
-        url,
-        extra_args=[
-            "--node-id", node,
-            "--redis-timeout-ms", str(REDIS_TIMEOUT_MS),
-            "--redis-connect-timeout-ms", str(REDIS_TIMEOUT_MS),
-            *extra,
-        ],
-    ).start()  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +148,6 @@ def test_sessions_revoked_on_one_node_are_gone_on_the_other(nodes: Nodes) -> Non
             assert ca.call("session.get", {"token": session["token"]}) is None
 
 
-def next_note(client: BlockingClient, name: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        note = client.next_notification(left)
-        if note is not None and note.name == name:
-            return note.payload
-    raise AssertionError(f"no {name} within {timeout} s")
-
-
 def test_presence_joins_and_leaves_reach_the_other_node(nodes: Nodes) -> None:
     a, b = nodes
     with b.client() as watcher:
@@ -255,67 +232,6 @@ def test_hit_many_over_several_slots_consumes_all_or_nothing(nodes: Nodes) -> No
 
 
 # -- faults ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    """Writes and reads on one node in a loop, each call timed."""
-
-    sidecar: SidecarProcess
-    name: str
-    stop: threading.Event = field(default_factory=threading.Event)
-    longest_s: float = 0.0
-    calls: int = 0
-    refused: int = 0
-    failures: list[str] = field(default_factory=list)
-    acked: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (value, at)
-
-    def run(self) -> None:
-        with BlockingClient(self.sidecar.socket_path, timeout=30) as client:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                key = f"load:{self.name}:{n % 50}"
-                started = time.monotonic()
-                try:
-                    client.call("cache.set", {"key": key, "value": n, "ttl_ms": 600_000})
-                    self.acked[key] = (n, time.monotonic())
-                    client.call("cache.get", {"key": key})
-                    self.calls += 2
-                except UnavailableError:
-                    self.refused += 1  # the failover window: refused in time
-                except MadsidecarError as exc:
-                    self.failures.append(repr(exc))
-                self.longest_s = max(self.longest_s, time.monotonic() - started)
-
-
-@dataclass
-class Loaded:
-    loads: list[Load]
-    threads: list[threading.Thread]
-
-    def wait_for_calls(self, more: int) -> None:
-        """Until every load made `more` calls from now: service is back everywhere."""
-        before = [load.calls for load in self.loads]
-        wait_until(
-            lambda: all(load.calls >= n + more for load, n in zip(self.loads, before, strict=True)),
-            10,
-        )
-
-    def stop(self) -> None:
-        for load in self.loads:
-            load.stop.set()
-        for thread in self.threads:
-            if thread.ident is not None:
-                thread.join(30)
-
-
-def start_load(*sidecars: SidecarProcess) -> Loaded:
-    loads = [Load(sidecar, f"n{i}") for i, sidecar in enumerate(sidecars)]
-    threads = [threading.Thread(target=load.run) for load in loads]
-    for thread in threads:
-        thread.start()
-    return Loaded(loads, threads)
 
 
 def writes_everywhere_ok(sidecar: SidecarProcess) -> bool:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from madsidecar_client import BadRequestError, BlockingClient
+from madsidecar_client import BadRequestError
 
-from .support import RedisProcess, SidecarProcess, kill_redis_client
+from .support import RedisProcess, SidecarProcess, kill_redis_client, next_note
 
 FAST = ["--presence-node-timeout-ms", "1000", "--presence-sweep-interval-ms", "300"]
 
@@ -27,15 +27,6 @@ def fast_nodes(redis_server: RedisProcess) -> Iterator[tuple[SidecarProcess, Sid
     finally:
         a.stop()
         b.stop()
-
-
-def next_note(client: BlockingClient, name: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        note = client.next_notification(left)
-        if note is not None and note.name == name:
-            return note.payload
-    raise AssertionError(f"no {name} within {timeout} s")
 
 
 def refs(members: dict[str, list[dict[str, Any]]]) -> set[str]:

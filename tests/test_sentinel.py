@@ -3,20 +3,18 @@ sidecars on `redis+sentinel://`. The master is killed with SIGKILL under load.""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from madsidecar.redis_urls import parse_sentinel_url
-from madsidecar_client import BlockingClient, MadsidecarError, UnavailableError
+from madsidecar_client import BlockingClient, UnavailableError
 
+from .failover_load import REDIS_TIMEOUT_MS, Loaded, start_load, start_sidecar
 from .support import SidecarProcess, wait_until
 from .topologies import SentinelTopology, TcpRedis
 
-REDIS_TIMEOUT_MS = 500
 # A call may take the command deadline, plus a reconnect attempt's, plus scheduling.
 CALL_BOUND_S = 2 * REDIS_TIMEOUT_MS / 1000 + 1.0
 FOLLOW_MARGIN_S = 2.0
@@ -38,46 +36,6 @@ def topology() -> Iterator[SentinelTopology]:
         topology.stop()
 
 
-def start_sidecar(url: str, node: str) -> SidecarProcess:
-    return SidecarProcess(
-        url,
-        extra_args=[
-            "--node-id", node,
-            "--redis-timeout-ms", str(REDIS_TIMEOUT_MS),
-            "--redis-connect-timeout-ms", str(REDIS_TIMEOUT_MS),
-        ],
-    ).start()  # fmt: skip
-
-
-@dataclass
-class Load:
-    """Writes and reads on one node in a loop, each call timed."""
-
-    sidecar: SidecarProcess
-    name: str
-    stop: threading.Event = field(default_factory=threading.Event)
-    longest_s: float = 0.0
-    failures: list[str] = field(default_factory=list)
-    acked: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (value, at)
-
-    def run(self) -> None:
-        with BlockingClient(self.sidecar.socket_path, timeout=30) as client:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                key = f"load:{self.name}:{n % 20}"
-                started = time.monotonic()
-                try:
-                    client.call("cache.set", {"key": key, "value": n, "ttl_ms": 600_000})
-                    self.acked[key] = (n, time.monotonic())
-                    client.call("cache.get", {"key": key})
-                except UnavailableError:
-                    pass  # the failover window: refused in time, with retry_after_ms
-                except MadsidecarError as exc:
-                    self.failures.append(repr(exc))
-                self.longest_s = max(self.longest_s, time.monotonic() - started)
-
-
 def writes_ok(sidecar: SidecarProcess) -> bool:
     with BlockingClient(sidecar.socket_path, timeout=10) as client:
         try:
@@ -90,8 +48,7 @@ def writes_ok(sidecar: SidecarProcess) -> bool:
 def test_sidecars_follow_a_failover_and_serve_nothing_stale(topology: SentinelTopology) -> None:
     first = start_sidecar(topology.url, "node-a")
     second = start_sidecar(topology.url, "node-b")
-    loads = [Load(first, "a"), Load(second, "b")]
-    threads = [threading.Thread(target=load.run) for load in loads]
+    loaded: Loaded | None = None
     try:
         with first.client() as a, second.client() as b:
             a.call("cache.set", {"key": "config", "value": "before"})
@@ -99,8 +56,7 @@ def test_sidecars_follow_a_failover_and_serve_nothing_stale(topology: SentinelTo
             # may not be yet, and reads then go to Redis).
             wait_until(lambda: b.call("cache.get", {"key": "config"})["source"] == "l1", 10)
             old_master = topology.master_port()
-            for thread in threads:
-                thread.start()
+            loaded = start_load(first, second)
 
             killed_at = time.monotonic()
             topology.master.kill()
@@ -115,20 +71,18 @@ def test_sidecars_follow_a_failover_and_serve_nothing_stale(topology: SentinelTo
             assert b.call("cache.get", {"key": "config"})["value"] == "after"
             assert a.call("cache.get", {"key": "config"})["value"] == "after"
             recovered_at = time.monotonic()
-            wait_until(lambda: all(load.acked for load in loads), 10)
+            loaded.wait_for_calls(20)
     finally:
-        for load in loads:
-            load.stop.set()
-        for thread in threads:
-            if thread.ident is not None:
-                thread.join(30)
+        if loaded is not None:
+            loaded.stop()
+    assert loaded is not None
     try:
-        for load in loads:
+        for load in loaded.loads:
             assert load.failures == [], load.failures
             assert load.longest_s <= CALL_BOUND_S, f"a call took {load.longest_s:.2f} s"
         # Every write acknowledged after the failover reads back, on both nodes.
         with first.client() as a, second.client() as b:
-            for load in loads:
+            for load in loaded.loads:
                 for key, (value, at) in load.acked.items():
                     if at > recovered_at:
                         assert a.call("cache.get", {"key": key})["value"] == value
