@@ -159,64 +159,60 @@ class ClusterRouter:
     def execute(self, args: tuple[Any, ...], slot: int | None = None) -> asyncio.Future[Any]:
         """The reply to `args`, from the master of `slot` (default: its first key's)."""
         loop = asyncio.get_running_loop()
-        outer: asyncio.Future[Any] = loop.create_future()
-        if slot is None:
-            slot = routing_slot(args)
-        self._send(outer, args, slot, loop.time() + self._timeout_s, 0, None)
-        return outer
+        command = _Routed(
+            loop.create_future(),
+            args,
+            routing_slot(args) if slot is None else slot,
+            loop.time() + self._timeout_s,
+        )
+        self._send(command)
+        return command.outer
 
     # -- routing --------------------------------------------------------------------------
 
-    def _send(
-        self,
-        outer: asyncio.Future[Any],
-        args: tuple[Any, ...],
-        slot: int | None,
-        deadline: float,
-        redirects: int,
-        asking: Address | None,
-    ) -> None:
-        address = asking or self._address_for(slot)
-        if address is None or (asking is None and not self._is_live(address)):
-            # A failover in progress, or one the map has not caught up with yet: wait for
-            # a reachable master within the command's deadline rather than fail at once.
-            self._want_refresh()
-            routed = self._send_when_routable(outer, args, slot, deadline, redirects)
-            self._spawn(routed, "redis-cluster-route")
+    def _send(self, command: _Routed) -> None:
+        if command.outer.done():
             return
-        node = self._node(address)
-        if asking is not None:
+        address = self._target(command)
+        if address is None:
+            # A failover in progress, a node not connected yet, or a map that has not
+            # caught up: wait for a reachable node within the command's deadline.
+            self._want_refresh()
+            self._spawn(self._send_when_routable(command), "redis-cluster-route")
+            return
+        node = self._nodes[address]
+        if command.asking is not None:
             node.execute("ASKING")
-        inner = node.execute(*args)
-        inner.add_done_callback(
-            partial(self._replied, outer, args, slot, deadline, redirects, address)
-        )
+        inner = node.execute(*command.args)
+        inner.add_done_callback(partial(self._replied, command, address))
 
-    async def _send_when_routable(
-        self,
-        outer: asyncio.Future[Any],
-        args: tuple[Any, ...],
-        slot: int | None,
-        deadline: float,
-        redirects: int,
-    ) -> None:
+    def _target(self, command: _Routed) -> Address | None:
+        """Where `command` goes now, if that node is connected (its gateway is made, and
+        starts connecting, on first sight)."""
+        address = command.asking or self._address_for(command.slot)
+        if address is None or not self._node(address).connected:
+            return None
+        return address
+
+    async def _send_when_routable(self, command: _Routed) -> None:
         loop = asyncio.get_running_loop()
-        while (left := deadline - loop.time()) > 0 and not outer.done():
-            address = self._address_for(slot)
-            if address is not None and self._is_live(address):
-                self._send(outer, args, slot, deadline, redirects, None)
-                return
+        while (left := command.deadline - loop.time()) > 0 and not command.outer.done():
             remapped = self._remapped
-            # Bounded: a node may also come back without the map changing.
+            # Bounded: a node may also connect without the map changing.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(remapped.wait(), min(left, UNSETTLED_REFRESH_S / 5))
-        if not outer.done():
+            if self._target(command) is not None:
+                self._send(command)
+                return
+        if not command.outer.done():
             why = (
                 "the cluster map is not loaded yet"
                 if not self._mapped.is_set()
-                else f"no reachable master serves slot {slot} (a failover?)"
+                else f"no reachable master serves slot {command.slot} (a failover?)"
             )
-            outer.set_exception(Unavailable(f"redis unavailable: {why}", retry_after_ms=250))
+            command.outer.set_exception(
+                Unavailable(f"redis unavailable: {why}", retry_after_ms=250)
+            )
 
     def _address_for(self, slot: int | None) -> Address | None:
         if slot is not None:
@@ -224,16 +220,8 @@ class ClusterRouter:
         live = [address for address in sorted(self._masters) if self._is_live(address)]
         return random.choice(live) if live else None
 
-    def _replied(
-        self,
-        outer: asyncio.Future[Any],
-        args: tuple[Any, ...],
-        slot: int | None,
-        deadline: float,
-        redirects: int,
-        address: Address,
-        inner: asyncio.Future[Any],
-    ) -> None:
+    def _replied(self, command: _Routed, address: Address, inner: asyncio.Future[Any]) -> None:
+        outer = command.outer
         if inner.cancelled():
             if not outer.done():
                 outer.cancel()
@@ -245,8 +233,8 @@ class ClusterRouter:
             outer.set_result(inner.result())
             return
         if isinstance(error, RedisCommandError):
-            if error.reply_code in REDIRECTS and redirects < MAX_REDIRECTS:
-                self._redirect(outer, args, slot, deadline, redirects + 1, address, error)
+            if error.reply_code in REDIRECTS and command.redirects < MAX_REDIRECTS:
+                self._redirect(command, address, error)
                 return
             if error.reply_code == "CLUSTERDOWN":
                 self._want_refresh()
@@ -255,66 +243,28 @@ class ClusterRouter:
             self._want_refresh()  # the node may have failed: look for its successor
         outer.set_exception(error)
 
-    def _redirect(
-        self,
-        outer: asyncio.Future[Any],
-        args: tuple[Any, ...],
-        slot: int | None,
-        deadline: float,
-        redirects: int,
-        asked: Address,
-        error: RedisCommandError,
-    ) -> None:
+    def _redirect(self, command: _Routed, asked: Address, error: RedisCommandError) -> None:
         loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
-            outer.set_exception(
+        if loop.time() >= command.deadline:
+            command.outer.set_exception(
                 Unavailable(f"redis did not settle in time: {error.message}", retry_after_ms=250)
             )
             return
+        command.redirects += 1
+        command.asking = None
         if error.reply_code == "TRYAGAIN":
-            loop.call_later(
-                TRYAGAIN_DELAY_S, self._send, outer, args, slot, deadline, redirects, None
-            )
+            loop.call_later(TRYAGAIN_DELAY_S, self._send, command)
             return
         # "MOVED <slot> <host>:<port>" / "ASK <slot> <host>:<port>"
         words = error.message.split()
         target = _address(words[-1], asked[0])
         if error.reply_code == "MOVED":
-            moved_slot = int(words[-2])
-            self._slots[moved_slot] = target
+            command.slot = int(words[-2])
+            self._slots[command.slot] = target
             self._want_refresh()
-            self._resend_when_connected(outer, args, moved_slot, deadline, redirects, None, target)
         else:
-            self._resend_when_connected(outer, args, slot, deadline, redirects, target, target)
-
-    def _resend_when_connected(
-        self,
-        outer: asyncio.Future[Any],
-        args: tuple[Any, ...],
-        slot: int | None,
-        deadline: float,
-        redirects: int,
-        asking: Address | None,
-        target: Address,
-    ) -> None:
-        node = self._node(target)
-        if node.connected:
-            self._send(outer, args, slot, deadline, redirects, asking)
-            return
-
-        async def resend() -> None:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if await node.wait_connected(max(remaining, 0.0)) and not outer.done():
-                self._send(outer, args, slot, deadline, redirects, asking)
-            elif not outer.done():
-                outer.set_exception(
-                    Unavailable(
-                        f"redis unavailable: cannot reach {target[0]}:{target[1]}",
-                        retry_after_ms=250,
-                    )
-                )
-
-        self._spawn(resend(), "redis-cluster-resend")
+            command.asking = target
+        self._send(command)
 
     def _node(self, address: Address) -> RedisGateway:
         node = self._nodes.get(address)
@@ -447,6 +397,22 @@ class ClusterRouter:
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _Routed:
+    """A command on its way: where it is bound, until when, and how often redirected."""
+
+    __slots__ = ("args", "asking", "deadline", "outer", "redirects", "slot")
+
+    def __init__(
+        self, outer: asyncio.Future[Any], args: tuple[Any, ...], slot: int | None, deadline: float
+    ) -> None:
+        self.outer = outer
+        self.args = args
+        self.slot = slot
+        self.deadline = deadline
+        self.redirects = 0
+        self.asking: Address | None = None  # the node an ASK named, for the next send
 
 
 def _endpoint(node: list[Any], fallback_host: str) -> Address:
