@@ -17,7 +17,7 @@ from socket import gethostname
 from typing import Any, Final
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES
-from .redis_urls import PLAIN_SCHEMES, RedisUrlError, check_redis_url
+from .redis_urls import PLAIN_SCHEMES, RedisUrlError, check_redis_url, is_cluster_url, uses_tls
 
 ENV_PREFIX: Final = "MADSIDECAR_"
 DEFAULT_SOCKET: Final = "/run/madsidecar/madsidecar.sock"
@@ -134,8 +134,8 @@ class Config:
     socket_group: str | None = _setting(None, "group that owns the socket file")
     redis_url: str | None = _setting(
         None,
-        "redis://, rediss://, unix://, redis+sentinel://host:port,.../service or "
-        "redis+cluster://host:port,... URL; unset: run an embedded redis-server",
+        "redis://, rediss://, unix://, redis[s]+sentinel://host:port,.../service or "
+        "redis[s]+cluster://host:port,... URL; unset: run an embedded redis-server",
     )
     redis_password: str | None = _setting(
         None, "Redis password (prefer redis_password_file)", secret=True
@@ -149,6 +149,15 @@ class Config:
         None, "rediss://: PEM client certificate, for servers that require one"
     )
     redis_tls_key_file: str | None = _setting(None, "rediss://: PEM key of the client certificate")
+    redis_sentinel_username: str | None = _setting(
+        None, "Sentinel URL: ACL user name of the sentinels themselves, if they require one"
+    )
+    redis_sentinel_password: str | None = _setting(
+        None, "Sentinel URL: the sentinels' own password (prefer the _file)", secret=True
+    )
+    redis_sentinel_password_file: str | None = _setting(
+        None, "Sentinel URL: file holding the sentinels' own password"
+    )
     redis_timeout_ms: int = _setting(
         1000, "deadline of every Redis command", minimum=10, maximum=600_000
     )
@@ -587,6 +596,12 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         raise ConfigError("socket: must not be empty")
     if not config.key_prefix:
         raise ConfigError("key_prefix: must not be empty")
+    if is_cluster_url(config.redis_url or "") and (
+        "{" in config.key_prefix or "}" in config.key_prefix
+    ):
+        # A brace in the prefix would become the hash tag of every key, in place of the
+        # tags that keep each script's keys together and spread the rest over the slots.
+        raise ConfigError("key_prefix: must not contain { or } with a Redis Cluster URL")
     if not config.node_id or len(config.node_id.encode()) > MAX_NAME_BYTES:
         raise ConfigError(f"node_id: must be 1 to {MAX_NAME_BYTES} bytes")
     if config.redis_url is not None:
@@ -623,7 +638,7 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
             f"got {config.embedded_maxmemory!r}"
         )
     for name in ("redis_password_file", "redis_tls_ca_file", "redis_tls_cert_file",
-                 "redis_tls_key_file"):  # fmt: skip
+                 "redis_tls_key_file", "redis_sentinel_password_file"):  # fmt: skip
         _check_readable(name, getattr(config, name))
     _check_tls(config)
     if config.session_secret_file is not None:
@@ -687,14 +702,23 @@ def _check_tls(config: Config) -> None:
         if getattr(config, name) is not None
     ]
     urls = [config.redis_url or "", *quorum_urls(config)]
-    if tls_files and not any(url.startswith("rediss://") for url in urls):
+    if tls_files and not any(uses_tls(url) for url in urls):
         raise ConfigError(f"{tls_files[0]}: set, but no Redis URL is rediss:// (TLS)")
     if (config.redis_tls_cert_file is None) != (config.redis_tls_key_file is None):
         raise ConfigError("redis_tls_cert_file and redis_tls_key_file: set both or neither")
 
 
 def read_redis_password(config: Config) -> str | None:
-    if config.redis_password_file is not None:
-        with open(config.redis_password_file, encoding="utf-8") as fh:
+    return read_secret(config.redis_password_file, config.redis_password)
+
+
+def read_sentinel_password(config: Config) -> str | None:
+    return read_secret(config.redis_sentinel_password_file, config.redis_sentinel_password)
+
+
+def read_secret(path: str | None, value: str | None) -> str | None:
+    """The secret in the file at `path` if one is named (it wins), else `value`."""
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
             return fh.read().strip() or None
-    return config.redis_password
+    return value

@@ -71,6 +71,7 @@ class ClusterRouter:
         username = target.username or settings.username
         password = target.password if target.password is not None else settings.password
         self._node_settings = replace(settings, username=username, password=password)
+        self._tls = target.tls
         self._url = settings.url
         self._seeds: tuple[Address, ...] = target.nodes
         self._timeout_s = settings.timeout_ms / 1000
@@ -275,7 +276,8 @@ class ClusterRouter:
             if settings.username or settings.password:
                 userinfo = quote(settings.username or "", safe="")
                 userinfo += ":" + quote(settings.password or "", safe="") + "@"
-            url = f"redis://{userinfo}{_url_host(host)}:{port}"
+            scheme = "rediss" if self._tls else "redis"
+            url = f"{scheme}://{userinfo}{_url_host(host)}:{port}"
             node = self._nodes[address] = RedisGateway(replace(settings, url=url))
             node.counters = self._counters
             node.start()
@@ -340,6 +342,8 @@ class ClusterRouter:
             socket_connect_timeout=settings.connect_timeout_ms / 1000,
             socket_timeout=self._timeout_s,
             protocol=2,
+            ssl=self._tls,
+            **settings.tls_options(),
         )
         try:
             answer: list[Any] = await client.execute_command(  # type: ignore[no-untyped-call]

@@ -30,9 +30,9 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .config import Config, read_redis_password, redact_url
+from .config import Config, read_redis_password, read_sentinel_password, redact_url
 from .errors import SidecarError, Unavailable
-from .redis_urls import is_cluster_url, is_sentinel_url, parse_sentinel_url
+from .redis_urls import is_cluster_url, is_sentinel_url, parse_sentinel_url, uses_tls
 
 if TYPE_CHECKING:
     from .redis_cluster import ClusterRouter
@@ -67,17 +67,24 @@ class RedisSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     client_name: str = "madsidecar"
+    # A Sentinel URL's sentinels, when they require a password of their own.
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's TLS arguments when the URL asks for TLS, else none."""
+        if not uses_tls(self.url):
+            return {}
+        return {
+            "ssl_ca_certs": self.tls_ca_file,
+            "ssl_certfile": self.tls_cert_file,
+            "ssl_keyfile": self.tls_key_file,
+        }
 
     def connection_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"password": self.password}
+        options: dict[str, Any] = {"password": self.password, **self.tls_options()}
         if self.username is not None:
             options["username"] = self.username
-        if self.url.startswith("rediss://"):
-            options.update(
-                ssl_ca_certs=self.tls_ca_file,
-                ssl_certfile=self.tls_cert_file,
-                ssl_keyfile=self.tls_key_file,
-            )
         return options
 
 
@@ -93,6 +100,8 @@ def redis_settings(config: Config, url: str) -> RedisSettings:
         tls_ca_file=config.redis_tls_ca_file,
         tls_cert_file=config.redis_tls_cert_file,
         tls_key_file=config.redis_tls_key_file,
+        sentinel_username=config.redis_sentinel_username,
+        sentinel_password=read_sentinel_password(config),
     )
 
 
@@ -118,9 +127,17 @@ def _connection_pool(settings: RedisSettings) -> aioredis.ConnectionPool:
         options["password"] = target.password
     # A sentinel that does not answer is skipped after the connect timeout, not waited on.
     timeout = settings.connect_timeout_ms / 1000
+    sentinel_options: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "username": settings.sentinel_username,
+        "password": settings.sentinel_password,
+        **settings.tls_options(),
+    }
+    if target.tls:
+        options["ssl"] = sentinel_options["ssl"] = True
     sentinels = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels),
-        sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+        list(target.sentinels), sentinel_kwargs=sentinel_options
     )
     return SentinelConnectionPool(target.service, sentinels, **options)  # type: ignore[no-untyped-call]
 

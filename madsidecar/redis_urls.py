@@ -2,10 +2,13 @@
 
 `redis+sentinel://[user:password@]host:port[,host:port...]/service_name`: the sentinels to
 ask, and the name of the master they watch. The user and password are the data nodes'
-(the master's); the sentinels themselves are asked without credentials.
+(the master's); the sentinels' own, if they require one, are separate settings.
 
 `redis+cluster://[user:password@]host:port[,host:port...]`: some nodes of a Redis Cluster
 (any of them: the rest is discovered); the user and password are every node's.
+
+`rediss+sentinel://` and `rediss+cluster://` are the same over TLS: to every node, and to
+the sentinels.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-SENTINEL_SCHEME: Final = "redis+sentinel://"
-CLUSTER_SCHEME: Final = "redis+cluster://"
+SENTINEL_SCHEMES: Final = ("redis+sentinel://", "rediss+sentinel://")
+CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
+TLS_SCHEMES: Final = ("rediss://", "rediss+sentinel://", "rediss+cluster://")
 DEFAULT_SENTINEL_PORT: Final = 26379
 DEFAULT_REDIS_PORT: Final = 6379
 PLAIN_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -31,6 +35,7 @@ class SentinelUrl:
     service: str
     username: str | None
     password: str | None
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,19 @@ class ClusterUrl:
     nodes: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
+    tls: bool = False
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.startswith(SENTINEL_SCHEME)
+    return url.startswith(SENTINEL_SCHEMES)
 
 
 def is_cluster_url(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEME)
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def uses_tls(url: str) -> bool:
+    return url.startswith(TLS_SCHEMES)
 
 
 def _credentials(netloc: str) -> tuple[str, str | None, str | None]:
@@ -58,19 +68,18 @@ def _credentials(netloc: str) -> tuple[str, str | None, str | None]:
 
 
 def parse_cluster_url(url: str) -> ClusterUrl:
-    netloc, _, path = url[len(CLUSTER_SCHEME) :].partition("/")
+    netloc, _, path = url.partition("://")[2].partition("/")
     netloc, username, password = _credentials(netloc)
     if path.partition("?")[0].strip("/") not in ("", "0"):
         raise RedisUrlError("a Cluster URL names no database: Redis Cluster only has db 0")
     nodes = tuple(_host_port(part, DEFAULT_REDIS_PORT) for part in netloc.split(",") if part)
     if not nodes:
         raise RedisUrlError("a Cluster URL lists at least one node as host:port")
-    return ClusterUrl(nodes, username, password)
+    return ClusterUrl(nodes, username, password, uses_tls(url))
 
 
 def parse_sentinel_url(url: str) -> SentinelUrl:
-    rest = url[len(SENTINEL_SCHEME) :]
-    netloc, _, path = rest.partition("/")
+    netloc, _, path = url.partition("://")[2].partition("/")
     netloc, username, password = _credentials(netloc)
     service = unquote(path.partition("?")[0].strip("/"))
     if not service or "/" in service:
@@ -78,7 +87,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     sentinels = tuple(_host_port(part) for part in netloc.split(",") if part)
     if not sentinels:
         raise RedisUrlError("a Sentinel URL lists at least one sentinel as host:port")
-    return SentinelUrl(sentinels, service, username, password)
+    return SentinelUrl(sentinels, service, username, password, uses_tls(url))
 
 
 def _host_port(text: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
@@ -104,5 +113,6 @@ def check_redis_url(url: str) -> None:
         parse_cluster_url(url)
     elif not url.startswith(PLAIN_SCHEMES):
         raise RedisUrlError(
-            "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            "must start with redis://, rediss://, unix://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://"
         )

@@ -67,6 +67,17 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"MADSIDECAR_REDIS_URL": "redis+cluster://"}, "a Cluster URL lists at least one"),
         ({"MADSIDECAR_REDIS_URL": "redis+cluster://h:1/2"}, "Redis Cluster only has db 0"),
         ({"MADSIDECAR_REDIS_URL": "redis+cluster://h:1,h:99999"}, "port must be 1 to 65535"),
+        ({"MADSIDECAR_REDIS_URL": "rediss+cluster://h:1/3"}, "Redis Cluster only has db 0"),
+        ({"MADSIDECAR_REDIS_URL": "rediss+sentinel://h:1"}, "a Sentinel URL ends with"),
+        (
+            {"MADSIDECAR_REDIS_URL": "redis+cluster://h:1", "MADSIDECAR_KEY_PREFIX": "a{b}:"},
+            "key_prefix: must not contain { or }",
+        ),
+        (
+            {"MADSIDECAR_REDIS_URL": "redis://h:1", "MADSIDECAR_REDIS_TLS_CA_FILE": __file__},
+            "no Redis URL is rediss://",
+        ),
+        ({"MADSIDECAR_REDIS_SENTINEL_PASSWORD_FILE": "/nonexistent"}, "password_file: cannot read"),
         ({"MADSIDECAR_EMBEDDED_PERSISTENCE": "maybe"}, "embedded_persistence: expected true"),
         ({"MADSIDECAR_REDIS_PASSWORD_FILE": "/nonexistent"}, "redis_password_file: cannot read"),
         ({"MADSIDECAR_KEY_PREFIX": ""}, None),
