@@ -12,7 +12,7 @@ import redis
 
 from madsidecar_client import BadRequestError
 
-from .support import RedisProcess, SidecarProcess, kill_redis_client, next_note
+from .support import RedisProcess, SidecarProcess, kill_redis_client, next_note, wait_until
 
 FAST = ["--presence-node-timeout-ms", "1000", "--presence-sweep-interval-ms", "300"]
 
@@ -139,6 +139,41 @@ def test_a_node_killed_its_entries_leave_within_the_node_timeout_plus_a_sweep(
         members = watcher.call("presence.list", {"channel": "hall"})["members"]
         assert list(members) == ["survivor"]
         mine.close()
+
+
+def test_a_node_restarted_at_once_under_the_same_id_its_old_entries_still_leave(
+    fast_nodes: tuple[SidecarProcess, SidecarProcess],
+) -> None:
+    """Found by the chaos run: a sidecar killed and back within the node timeout, with the
+    same node id, used to renew the dead process's lease and keep its entries forever."""
+    a, b = fast_nodes
+    with b.client() as watcher, a.client() as tracker:
+        watcher.call("presence.subscribe", {"channel": "hall"})
+        tracker.call("presence.track", {"channel": "hall", "key": "ghost"})
+        next_note(watcher, "presence.diff")
+        a.signal(signal.SIGKILL)
+        a.process.wait()  # type: ignore[union-attr]
+        killed = time.monotonic()
+        a.start()
+        diff = next_note(watcher, "presence.diff", 1.0 + 0.3 + 2.0)
+        assert list(diff["leaves"]) == ["ghost"]
+        assert time.monotonic() - killed < 1.0 + 0.3 + 1.0
+        assert watcher.call("presence.list", {"channel": "hall"}) == {"members": {}}
+
+
+def test_dead_runs_leave_the_node_registry_even_without_entries(
+    redis_server: RedisProcess, fast_nodes: tuple[SidecarProcess, SidecarProcess]
+) -> None:
+    """Each run of a sidecar registers itself for the sweepers; a run that died holding
+    nothing must not stay registered (sweepers would check it forever)."""
+    a, _ = fast_nodes
+    for _ in range(3):
+        a.signal(signal.SIGKILL)
+        a.process.wait()  # type: ignore[union-attr]
+        a.start()
+    with redis.Redis.from_url(redis_server.url) as direct:
+        # Two runs registered (a's current one and b's) once the dead ones are swept.
+        wait_until(lambda: direct.scard("msc:pr:nodes") == 2, timeout=5)
 
 
 def test_readers_skip_a_dead_nodes_entries_before_any_sweep(redis_server: RedisProcess) -> None:

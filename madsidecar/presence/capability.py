@@ -80,7 +80,10 @@ class Presence(CapabilityBase):
         self._config = config
         self._gateway = gateway
         prefix = config.key_prefix
-        self._tag = hashlib.sha1(config.node_id.encode()).hexdigest()[:12]
+        # One tag per run of the process, not per node id: a sidecar restarted within the
+        # node timeout must not renew the lease of the entries its dead run left behind.
+        run_id = secrets.token_hex(8)
+        self._tag = hashlib.sha1(f"{config.node_id}\0{run_id}".encode()).hexdigest()[:12]
         self._root = f"{prefix}pr:"
         self._diff_root = f"{prefix}prd:"
         self._lease = self._lease_of(self._tag)
@@ -334,7 +337,7 @@ class Presence(CapabilityBase):
                 [self._lease_of(tag), self._channels_of(tag), f"{self._root}sweep:{{{tag}}}"],
                 [self._tag, SWEEP_CLAIM_MS],
             )
-            if not channels:
+            if channels is None:  # alive again, or another node is sweeping it
                 continue
             removed = 0
             # One script per channel: in a cluster each channel's keys have a slot of their

@@ -1,0 +1,294 @@
+"""What the chaos run saw, and the checker that holds it against the contract.
+
+Every record carries the client's monotonic `start` (just before the request was sent)
+and `end` (just after its reply arrived): the server acted somewhere in between. Each
+check only convicts on what those intervals prove, so a slow machine can make the run
+show less, never a false breach.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# A cache read may trail an acknowledged write by up to this much (contract: 100 ms p99);
+# later than this it is a breach whatever the percentile says.
+CACHE_STALE_BOUND_S = 1.0
+CACHE_P99_BOUND_S = 0.100
+# The contract's hard bound for a revoked session (session_l1_ttl_ms, set by the run).
+REVOKE_BOUND_S = 1.0
+REVOKE_P99_BOUND_S = 0.100
+
+
+@dataclass(frozen=True)
+class LockHold:
+    """One `lock.acquire` that got the lock, and what its `lock.release` said."""
+
+    name: str
+    fence: int
+    acquire_start: float
+    acquire_end: float
+    release_start: float | None  # None: never released (connection lost, lease lost)
+    released: bool  # the release said the lease was still ours
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    key: str
+    version: int
+    start: float
+    end: float
+    acked: bool  # returned ok (else it may or may not have landed)
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    key: str
+    version: int | None  # None: a miss
+    start: float
+    end: float
+    stale: bool  # served from L1 while Redis was away, marked so
+
+
+@dataclass(frozen=True)
+class SessionLife:
+    token: str
+    created_end: float
+    revoke_start: float | None  # when a revoke was sent, answered or not
+    revoke_end: float | None  # when a revoke that said revoked=True returned
+
+
+@dataclass(frozen=True)
+class SessionRead:
+    token: str
+    found: bool
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Departure:
+    """Something owned by a connection or node that went away at `gone_at` (a presence
+    entry, a lock) and must be gone within `deadline_s`."""
+
+    promise: str
+    what: str
+    gone_at: float
+    left_at: float | None  # first time another node saw it gone; None: never
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class RateHit:
+    key: str
+    limit: int
+    window_s: float
+    allowed: bool
+    degraded: bool  # Redis was away: the documented fallback, not the exact count
+    start: float
+    end: float
+
+
+@dataclass
+class History:
+    lock_holds: list[LockHold] = field(default_factory=list)
+    cache_writes: list[CacheWrite] = field(default_factory=list)
+    cache_reads: list[CacheRead] = field(default_factory=list)
+    sessions: list[SessionLife] = field(default_factory=list)
+    session_reads: list[SessionRead] = field(default_factory=list)
+    departures: list[Departure] = field(default_factory=list)
+    rate_hits: list[RateHit] = field(default_factory=list)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # Redis down, start-end
+    outcomes: Counter[str] = field(default_factory=Counter)  # "ok" or an error code
+
+
+@dataclass
+class Verdict:
+    """Promises checked, and those broken (with one line each saying how)."""
+
+    checked: Counter[str] = field(default_factory=Counter)
+    broken: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def breach(self, promise: str, how: str) -> None:
+        self.broken[promise].append(how)
+
+    @property
+    def broken_count(self) -> int:
+        return sum(len(found) for found in self.broken.values())
+
+
+def check(history: History) -> Verdict:
+    verdict = Verdict()
+    check_lock_fences(history.lock_holds, verdict)
+    check_lock_exclusion(history.lock_holds, verdict)
+    check_cache(history.cache_writes, history.cache_reads, verdict)
+    check_sessions(history.sessions, history.session_reads, verdict)
+    check_departures(history.departures, history.outages, verdict)
+    check_rate_limits(history.rate_hits, verdict)
+    return verdict
+
+
+def check_lock_fences(holds: Sequence[LockHold], verdict: Verdict) -> None:
+    """A fence is greater than every fence issued before it: an acquire that returned
+    before another was sent has the smaller fence."""
+    by_name: dict[str, list[LockHold]] = defaultdict(list)
+    for hold in holds:
+        by_name[hold.name].append(hold)
+    for name, group in by_name.items():
+        group.sort(key=lambda h: h.acquire_end)
+        ends = [h.acquire_end for h in group]
+        # The greatest fence among acquires that had returned before each point in time.
+        running_max: list[int] = []
+        for hold in group:
+            running_max.append(max(hold.fence, running_max[-1] if running_max else 0))
+        for hold in group:
+            verdict.checked["lock fences strictly increase"] += 1
+            before = bisect.bisect_left(ends, hold.acquire_start) - 1
+            if before >= 0 and running_max[before] >= hold.fence:
+                verdict.breach(
+                    "lock fences strictly increase",
+                    f"{name}: fence {hold.fence} issued after fence {running_max[before]}",
+                )
+
+
+def check_lock_exclusion(holds: Sequence[LockHold], verdict: Verdict) -> None:
+    """Two holds whose releases both said the lease was still theirs never overlap: the
+    later one was granted (between its acquire's send and reply) while the earlier one
+    certainly held (between its acquire's reply and its release's send)."""
+    by_name: dict[str, list[LockHold]] = defaultdict(list)
+    for hold in holds:
+        if hold.released and hold.release_start is not None:
+            by_name[hold.name].append(hold)
+    for name, group in by_name.items():
+        group.sort(key=lambda h: h.acquire_end)
+        longest: LockHold | None = None  # the earlier hold released last
+        for hold in group:
+            verdict.checked["lock exclusion"] += 1
+            if longest is not None:
+                assert longest.release_start is not None
+                if longest.acquire_end < hold.acquire_start and (
+                    hold.acquire_end < longest.release_start
+                ):
+                    verdict.breach(
+                        "lock exclusion",
+                        f"{name}: fence {hold.fence} granted while fence {longest.fence} "
+                        "was still held",
+                    )
+            if longest is None or (hold.release_start or 0) > (longest.release_start or 0):
+                longest = hold
+
+
+def check_cache(writes: Sequence[CacheWrite], reads: Sequence[CacheRead], verdict: Verdict) -> None:
+    """A read that is not marked stale returns a version no older than every write that
+    returned more than the bound before the read was sent, and never one not yet written."""
+    by_key: dict[str, list[CacheWrite]] = defaultdict(list)
+    for write in writes:
+        by_key[write.key].append(write)
+    acked: dict[str, tuple[list[float], list[int]]] = {}
+    for key, every in by_key.items():
+        group = sorted((w for w in every if w.acked), key=lambda w: w.end)
+        best: list[int] = []
+        for write in group:
+            best.append(max(write.version, best[-1] if best else 0))
+        acked[key] = ([w.end for w in group], best)
+    lags: list[float] = []
+    for read in reads:
+        if read.stale:
+            continue
+        ends, best = acked.get(read.key, ([], []))
+        verdict.checked["cache coherence"] += 1
+        started = [w for w in by_key.get(read.key, []) if w.start < read.end]
+        if read.version is not None and read.version > max((w.version for w in started), default=0):
+            verdict.breach("cache coherence", f"{read.key}: version {read.version} never written")
+            continue
+        index = bisect.bisect_left(ends, read.start - CACHE_STALE_BOUND_S) - 1
+        if index >= 0 and (read.version or 0) < best[index]:
+            verdict.breach(
+                "cache coherence",
+                f"{read.key}: read version {read.version} more than "
+                f"{CACHE_STALE_BOUND_S:.0f} s after version {best[index]} was written",
+            )
+            continue
+        newest = bisect.bisect_left(ends, read.start) - 1
+        if newest >= 0 and (read.version or 0) < best[newest]:
+            # Behind a write that had returned: how long before this read it returned.
+            first = next(i for i in range(newest + 1) if best[i] > (read.version or 0))
+            lags.append(read.start - ends[first])
+    share = len([lag for lag in lags if lag > CACHE_P99_BOUND_S])
+    total = verdict.checked["cache coherence"]
+    verdict.figures["cache reads behind a returned write by > 100 ms"] = f"{share} of {total}"
+    if total and share / total > 0.01:
+        verdict.breach("cache coherence", f"{share} of {total} reads trailed by > 100 ms (> 1%)")
+
+
+def check_sessions(
+    lives: Sequence[SessionLife], reads: Sequence[SessionRead], verdict: Verdict
+) -> None:
+    """A session is found from its creation until a revoke is sent, on every node; after a
+    revoke returned, no node finds it beyond the bound."""
+    by_token = {life.token: life for life in lives}
+    late = 0
+    for read in reads:
+        life = by_token.get(read.token)
+        if life is None:
+            continue
+        verdict.checked["sessions kept, revocations seen"] += 1
+        before_revoke = life.revoke_start is None or read.end < life.revoke_start
+        if not read.found and read.start > life.created_end and before_revoke:
+            verdict.breach("sessions kept, revocations seen", "a live session was not found")
+        revoked = life.revoke_end
+        if read.found and revoked is not None and read.start > revoked:
+            if read.start - revoked > REVOKE_BOUND_S:
+                verdict.breach(
+                    "sessions kept, revocations seen",
+                    f"revoked session found {read.start - revoked:.2f} s after the revoke",
+                )
+            elif read.start - revoked > REVOKE_P99_BOUND_S:
+                late += 1
+    verdict.figures["session reads finding a revoked session > 100 ms on"] = str(late)
+
+
+def check_departures(
+    departures: Sequence[Departure], outages: Sequence[tuple[float, float]], verdict: Verdict
+) -> None:
+    """What a departed connection or node owned is gone within its bound; time Redis spent
+    down in between is added, since nothing can be released or published then."""
+    for gone in departures:
+        verdict.checked[gone.promise] += 1
+        excused = _overlap(outages, gone.gone_at, gone.gone_at + gone.deadline_s + 30)
+        limit = gone.deadline_s + excused
+        if gone.left_at is None or gone.left_at - gone.gone_at > limit:
+            took = "never" if gone.left_at is None else f"{gone.left_at - gone.gone_at:.2f} s"
+            verdict.breach(gone.promise, f"{gone.what}: gone after {took}, bound {limit:.2f} s")
+
+
+def _overlap(outages: Iterable[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in outages)
+
+
+def check_rate_limits(hits: Sequence[RateHit], verdict: Verdict) -> None:
+    """sliding_window: never more than `limit` allowed in any `window` of time. Hits whose
+    whole request lay inside one window were certainly decided inside it."""
+    by_key: dict[str, list[RateHit]] = defaultdict(list)
+    for hit in hits:
+        if hit.allowed and not hit.degraded:
+            by_key[hit.key].append(hit)
+    for key, group in by_key.items():
+        group.sort(key=lambda h: h.start)
+        for index, first in enumerate(group):
+            verdict.checked["rate limits exact"] += 1
+            window_end = first.start + first.window_s
+            inside = 0
+            for hit in group[index:]:
+                if hit.start >= window_end:
+                    break
+                if hit.end < window_end:
+                    inside += 1
+            if inside > first.limit:
+                verdict.breach(
+                    "rate limits exact",
+                    f"{key}: {inside} hits allowed within one window of {first.limit}",
+                )
