@@ -36,6 +36,7 @@ class LockHold:
 
 @dataclass(frozen=True)
 class CacheWrite:
+    node: str
     key: str
     version: int
     start: float
@@ -45,11 +46,13 @@ class CacheWrite:
 
 @dataclass(frozen=True)
 class CacheRead:
+    node: str
     key: str
     version: int | None  # None: a miss
     start: float
     end: float
     stale: bool  # served from L1 while Redis was away, marked so
+    source: str = ""  # l1 or l2
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class History:
     departures: list[Departure] = field(default_factory=list)
     rate_hits: list[RateHit] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)  # Redis down, start-end
+    faults: list[tuple[float, str]] = field(default_factory=list)  # when, what
     outcomes: Counter[str] = field(default_factory=Counter)  # "ok" or an error code
 
 
@@ -182,41 +186,58 @@ def check_lock_exclusion(holds: Sequence[LockHold], verdict: Verdict) -> None:
 
 
 def check_cache(writes: Sequence[CacheWrite], reads: Sequence[CacheRead], verdict: Verdict) -> None:
-    """A read that is not marked stale returns a version no older than every write that
-    returned more than the bound before the read was sent, and never one not yet written."""
+    """A read not marked stale returns no value older than the bound: if it returns the
+    value of write W, no write that began after W returned, and itself returned more than
+    the bound before the read was sent, may exist (that write certainly replaced W's value
+    first). Writes that overlap in time may land in either order, so neither is judged
+    against the other. A value never written, or a miss after any write returned (nothing
+    deletes these keys), is a breach outright.
+
+    A write that failed (its reply an error, say Redis timed out) may still land, and land
+    late, as bytes already sent to Redis are still read by it: a read of such a write's
+    value proves nothing about staleness and is not judged."""
     by_key: dict[str, list[CacheWrite]] = defaultdict(list)
     for write in writes:
         by_key[write.key].append(write)
-    acked: dict[str, tuple[list[float], list[int]]] = {}
+    # Per key, acked writes by when they returned, and the latest start among the first i.
+    acked: dict[str, tuple[list[CacheWrite], list[float]]] = {}
     for key, every in by_key.items():
         group = sorted((w for w in every if w.acked), key=lambda w: w.end)
-        best: list[int] = []
+        latest_start: list[float] = []
         for write in group:
-            best.append(max(write.version, best[-1] if best else 0))
-        acked[key] = ([w.end for w in group], best)
+            latest_start.append(max(write.start, latest_start[-1] if latest_start else 0.0))
+        acked[key] = (group, latest_start)
+    by_version = {(w.key, w.version): w for w in writes}
     lags: list[float] = []
+    ambiguous = 0
     for read in reads:
         if read.stale:
             continue
-        ends, best = acked.get(read.key, ([], []))
         verdict.checked["cache coherence"] += 1
-        started = [w for w in by_key.get(read.key, []) if w.start < read.end]
-        if read.version is not None and read.version > max((w.version for w in started), default=0):
+        source = None if read.version is None else by_version.get((read.key, read.version))
+        if read.version is not None and (source is None or source.start > read.end):
             verdict.breach("cache coherence", f"{read.key}: version {read.version} never written")
             continue
-        index = bisect.bisect_left(ends, read.start - CACHE_STALE_BOUND_S) - 1
-        if index >= 0 and (read.version or 0) < best[index]:
+        if source is not None and not source.acked:
+            ambiguous += 1
+            continue
+        group, latest_start = acked.get(read.key, ([], []))
+        # The first acked write that began after the read value's write returned.
+        returned = source.end if source is not None else -1.0
+        first = bisect.bisect_right(latest_start, returned)
+        if first >= len(group) or group[first].end >= read.start:
+            continue
+        lag = read.start - group[first].end
+        lags.append(lag)
+        if lag > CACHE_STALE_BOUND_S:
+            newer = group[first]
             verdict.breach(
                 "cache coherence",
-                f"{read.key}: read version {read.version} more than "
-                f"{CACHE_STALE_BOUND_S:.0f} s after version {best[index]} was written",
+                f"{read.key}: {read.node} read version {read.version} ({read.source}) "
+                f"{lag:.2f} s after {newer.node}'s later write of version {newer.version} "
+                "returned",
             )
-            continue
-        newest = bisect.bisect_left(ends, read.start) - 1
-        if newest >= 0 and (read.version or 0) < best[newest]:
-            # Behind a write that had returned: how long before this read it returned.
-            first = next(i for i in range(newest + 1) if best[i] > (read.version or 0))
-            lags.append(read.start - ends[first])
+    verdict.figures["cache reads of a failed write's value (not judged)"] = str(ambiguous)
     share = len([lag for lag in lags if lag > CACHE_P99_BOUND_S])
     total = verdict.checked["cache coherence"]
     verdict.figures["cache reads behind a returned write by > 100 ms"] = f"{share} of {total}"

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from madsidecar_client import BlockingClient, MadsidecarError, ServerError
@@ -152,7 +153,8 @@ class ChaosRun:
         try:
             self.redis.start()
             self.proxy = subprocess.Popen(
-                [sys.executable, "-m", "tests.chaos.proxy", str(self.proxy_port), str(self.redis.port)],
+                [sys.executable, "-m", "tests.chaos.proxy", str(self.proxy_port),
+                 str(self.redis.port)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
             )  # fmt: skip
@@ -207,8 +209,8 @@ class ChaosRun:
             other = self.nodes[1] if node is self.nodes[0] else self.nodes[0]
             workers += [
                 Worker(self, node, self.lock_step),
-                Worker(self, node, self.cache_write_step),
-                Worker(self, node, self.cache_read_step),
+                Worker(self, node, partial(self.cache_write_step, node=node.name)),
+                Worker(self, node, partial(self.cache_read_step, node=node.name)),
                 Worker(self, node, self.rate_step),
                 Worker(self, node, self.rate_step),
                 Worker(self, node, self.session_steps(node, other)),
@@ -231,15 +233,26 @@ class ChaosRun:
         release_start = now()
         released = False
         try:
-            answer = client.call("lock.release", {"name": LOCK, "token": reply["token"]})
-            released = bool(answer["released"])
-            self.recorder.outcome("ok")
+            released = self.release(client, reply["token"])
         finally:
             self.history.lock_holds.append(
                 LockHold(LOCK, reply["fence"], start, acquired_at, release_start, released)
             )
 
-    def cache_write_step(self, client: BlockingClient) -> None:
+    def release(self, client: BlockingClient, token: str) -> bool:
+        """Release until the sidecar answers: a release that failed (Redis away) leaves the
+        lease with this connection, renewed, as the contract says it must."""
+        while True:
+            try:
+                answer = client.call("lock.release", {"name": LOCK, "token": token})
+            except ServerError as exc:
+                self.recorder.outcome(exc.code)
+                self.stopping.wait(0.05)
+                continue
+            self.recorder.outcome("ok")
+            return bool(answer["released"])
+
+    def cache_write_step(self, client: BlockingClient, node: str = "") -> None:
         key = self.rng.choice(CACHE_KEYS)
         with self.version_lock:
             self.versions[key] += 1
@@ -251,10 +264,10 @@ class ChaosRun:
             acked = True
             self.recorder.outcome("ok")
         finally:
-            self.history.cache_writes.append(CacheWrite(key, version, start, now(), acked))
+            self.history.cache_writes.append(CacheWrite(node, key, version, start, now(), acked))
         self.stopping.wait(0.005)
 
-    def cache_read_step(self, client: BlockingClient) -> None:
+    def cache_read_step(self, client: BlockingClient, node: str = "") -> None:
         key = self.rng.choice(CACHE_KEYS)
         start = now()
         entry = client.call("cache.get", {"key": key})
@@ -262,7 +275,10 @@ class ChaosRun:
         self.recorder.outcome("ok")
         version = None if entry is None else int(entry["value"])
         stale = entry is not None and bool(entry.get("stale"))
-        self.history.cache_reads.append(CacheRead(key, version, start, end, stale))
+        self.history.cache_reads.append(
+            CacheRead(node, key, version, start, end, stale, entry["source"] if entry else "")
+        )
+        self.stopping.wait(0.002)  # L1 hits are fast: leave the CPU to the other clients
 
     def rate_step(self, client: BlockingClient) -> None:
         args = {"key": RATE_KEY, "limit": RATE_LIMIT, "window_ms": RATE_WINDOW_MS}
@@ -343,16 +359,19 @@ class ChaosRun:
 
     def inject(self, fault: str) -> None:
         self.faults[fault] += 1
-        getattr(self, f"fault_{fault}")()
+        at = now()
+        detail = getattr(self, f"fault_{fault}")()
+        self.history.faults.append((at, f"{fault} {detail or ''}".strip()))
 
-    def fault_redis_restart(self) -> None:
+    def fault_redis_restart(self) -> str:
         down_at = now()
         self.redis.kill()
         self.stopping.wait(self.rng.uniform(0.3, 1.5))
         self.redis.start()
         self.history.outages.append((down_at, now()))
+        return f"back at {now():.3f}"
 
-    def fault_sidecar_restart(self) -> None:
+    def fault_sidecar_restart(self) -> str:
         victim = self.rng.choice(self.nodes)
         witness = self.nodes[1] if victim is self.nodes[0] else self.nodes[0]
         ref = self.residents.get(victim.name)
@@ -367,6 +386,7 @@ class ChaosRun:
         self.stopping.wait(self.rng.uniform(0.2, 1.0))
         victim.sidecar.start()
         victim.up.set()
+        return f"{victim.name} back at {now():.3f}"
 
     def fault_client_kill(self) -> None:
         node = self.rng.choice(self.nodes)
@@ -474,6 +494,8 @@ def render(run: ChaosRun, verdict: Verdict, seconds: float) -> str:
         lines.append(f"{promise:<40} {count:>8} {len(verdict.broken.get(promise, [])):>7}")
     for name, value in verdict.figures.items():
         lines.append(f"  {name}: {value}")
+    if verdict.broken_count:
+        lines.append("faults at: " + ", ".join(f"{what} {at:.3f}" for at, what in history.faults))
     for promise, found in verdict.broken.items():
         for how in found[:10]:
             lines.append(f"BROKEN {promise}: {how}")
