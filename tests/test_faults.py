@@ -20,7 +20,7 @@ import pytest
 from madsidecar_client import BlockingClient, ShuttingDownError, UnavailableError
 
 from .rawclient import RawConnection
-from .support import RedisProcess, SidecarProcess, rss_bytes, wait_until
+from .support import RedisProcess, SidecarProcess, rss_bytes, running_sidecar, wait_until
 
 MB = 1024 * 1024
 
@@ -412,3 +412,26 @@ def test_a_client_that_crashes_mid_request_does_not_disturb_others(
         assert bystander.call("health")["ok"]
         # Closes are seen asynchronously by the server; every one must be processed.
         wait_until(lambda: bystander.stats()["connections"] == 1, 5.0)
+
+
+def test_one_connections_flood_is_held_to_max_inflight(redis_server: RedisProcess) -> None:
+    """With max_inflight 4, four waits fill the connection's slots: its fifth request is
+    not even read until one of them ends, while another connection is served at once."""
+    with (
+        running_sidecar(redis_server, extra_args=["--max-inflight", "4"]) as side,
+        side.client() as holder,
+        side.client() as other,
+    ):
+        held = holder.call("lock.acquire", {"name": "busy"})
+        flood = RawConnection(side.socket_path)
+        for msgid in range(1, 5):
+            flood.request(msgid, "lock.acquire", {"name": "busy", "wait_ms": 60_000})
+        flood.request(5, "ping")
+        assert other.ping() == "pong"  # served while the flood waits
+        holder.call("lock.release", {"name": "busy", "token": held["token"]})
+        # The release wakes one waiter (the others wait on, for the lock it now holds);
+        # its slot freed, the ping is read and answered.
+        first, second = flood.receive(), flood.receive()
+        assert first[1] in (1, 2, 3, 4) and first[3]["acquired"], first
+        assert second[1] == 5 and second[3] == "pong", second
+        flood.close()
