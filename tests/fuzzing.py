@@ -3,7 +3,8 @@
 The CI budget keeps each fuzz file well under a minute. `HYPOTHESIS_PROFILE=long` (the
 profile conftest.py registers) multiplies every budget, for a run on demand:
 
-    HYPOTHESIS_PROFILE=long .venv/bin/pytest -q tests/test_fuzz_protocol.py tests/test_fuzz_arguments.py
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest -q tests/test_fuzz_protocol.py \
+        tests/test_fuzz_arguments.py
 """
 
 from __future__ import annotations

@@ -54,9 +54,11 @@ CHOICES = {
 }
 
 short_names = st.text(alphabet="abk:{}", min_size=1, max_size=3)
-long_names = st.sampled_from([510, 511, 512, 513, 600]).map(lambda n: "x" * n) | st.sampled_from(
-    [255, 256, 257]
-).map(lambda n: "é" * n) | st.sampled_from([128, 129]).map(lambda n: "🎉" * n)
+long_names = (
+    st.sampled_from([510, 511, 512, 513, 600]).map(lambda n: "x" * n)
+    | st.sampled_from([255, 256, 257]).map(lambda n: "é" * n)
+    | st.sampled_from([128, 129]).map(lambda n: "🎉" * n)
+)
 huge_strs = st.sampled_from([4096, 70_000, 300_000]).map(lambda n: "s" * n)
 wrong = (
     st.none()
@@ -74,8 +76,12 @@ wrong = (
 def int_values(spec: dict[str, Any]) -> st.SearchStrategy[Any]:
     low = spec.get("minimum", -(2**63))
     high = spec.get("maximum", 2**64 - 1)
-    valid = st.integers(low, min(high, low + 50)) if spec["name"] in SHORT else st.integers(low, high)
-    edges = [v for v in (low - 1, low, high, high + 1, -(2**63), 2**64 - 1) if -(2**63) <= v < 2**64]
+    valid = (
+        st.integers(low, min(high, low + 50)) if spec["name"] in SHORT else st.integers(low, high)
+    )
+    edges = [
+        v for v in (low - 1, low, high, high + 1, -(2**63), 2**64 - 1) if -(2**63) <= v < 2**64
+    ]
     if spec["name"] in SHORT:
         edges = [v for v in edges if not low + 50 < v <= high]
     return valid | st.sampled_from(edges) | st.sampled_from([1.0, True, "10"])
