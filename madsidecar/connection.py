@@ -19,7 +19,15 @@ import structlog
 
 from .config import PolicyRule
 from .deferred import Deferred
-from .errors import ErrorCode, Forbidden, ShuttingDown, SidecarError, UnknownMethod, error_map
+from .errors import (
+    ErrorCode,
+    Forbidden,
+    ShuttingDown,
+    SidecarError,
+    UnknownMethod,
+    error_map,
+    quoted,
+)
 from .methods import Method
 from .ordering import RequestOrder
 from .peer import UNKNOWN_PEER, PeerCredentials, read_peer_credentials, rule_for
@@ -178,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
         method = self._methods.get(request.method)
         try:
             if method is None:
-                raise UnknownMethod(f"no such method: {request.method!r}")
+                raise UnknownMethod(f"no such method: {quoted(request.method)}")
             if server.draining:
                 raise ShuttingDown("the sidecar is shutting down")
             if method.name not in _ALWAYS_ALLOWED and method.group not in self._allowed:
@@ -215,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
         if rule is None or not rule.allows_group(method.group):
             raise Forbidden(f"this peer may not call {method.name}")
         if method.group != "core" and not rule.allows_namespace(self.namespace):
-            raise Forbidden(f"this peer may not use namespace {self.namespace!r}")
+            raise Forbidden(f"this peer may not use namespace {quoted(self.namespace)}")
         # Remembered until the rule or the namespace changes.
         self._allowed.add(method.group)
 

@@ -10,7 +10,7 @@ from typing import Any
 from . import PROTOCOL_VERSION, __version__
 from .build_info import is_compiled
 from .deferred import Deferred
-from .errors import BadRequest, Forbidden
+from .errors import BadRequest, Forbidden, quoted
 from .methods import Arg, CapabilityBase, Client, Method
 from .redis_gateway import RedisGateway
 from .server import Server
@@ -64,7 +64,9 @@ class CoreMethods(CapabilityBase):
             raise Forbidden(f"no policy rule admits uid={client.peer.uid} gid={client.peer.gid}")
         namespace = args["namespace"] or client.namespace
         if not rule.allows_namespace(namespace):
-            raise Forbidden(f"this peer may not use namespace {namespace!r}", argument="namespace")
+            raise Forbidden(
+                f"this peer may not use namespace {quoted(namespace)}", argument="namespace"
+            )
         if namespace != client.namespace and client.inflight:
             # Requests already running read the namespace when they run; switching under
             # them would apply it to requests sent before the hello.

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Final
+
+# What a client sent is quoted in an error message cut to this many characters: the error
+# must fit in a frame (max_frame_bytes can be as low as 1024), and echoing a 4 MiB method
+# name or argument name back would turn one bad request into a reply larger than it.
+QUOTE_CHARS: Final = 100
 
 
 class ErrorCode(enum.StrEnum):
@@ -63,6 +68,15 @@ class Timeout(SidecarError):
 
 class ShuttingDown(SidecarError):
     code = ErrorCode.SHUTTING_DOWN
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)` for an error message: at most QUOTE_CHARS characters."""
+    if isinstance(value, str | bytes):
+        # A repr can be four times the value (escapes): cut before, not only after.
+        value = value[: QUOTE_CHARS + 1]
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 def error_map(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:

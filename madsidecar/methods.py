@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from mypy_extensions import mypyc_attr
 
 from .config import MAX_NAME_BYTES, Config, PolicyRule
-from .errors import BadRequest
+from .errors import QUOTE_CHARS, BadRequest, quoted
 from .peer import PeerCredentials
 
 _MISSING: Final = object()
@@ -190,7 +190,11 @@ class Method:
         if not self._by_name.keys() >= given.keys():
             for name in given:
                 if name not in self._by_name:
-                    raise BadRequest(f"{self.name}: unknown argument '{name}'", argument=name)
+                    short = type(name) is str and len(name) <= QUOTE_CHARS
+                    raise BadRequest(
+                        f"{self.name}: unknown argument {quoted(name)}",
+                        argument=name if short else quoted(name),
+                    )
         bound: dict[str, Any] = {}
         for arg in self.args:
             value = given.get(arg.name, _MISSING)

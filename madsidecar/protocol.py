@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgpack
 from mypy_extensions import mypyc_attr
 
-from .errors import ErrorCode, error_map
+from .errors import ErrorCode, error_map, quoted
 
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 HEADER: Final = struct.Struct(">I")
@@ -191,10 +191,16 @@ class ServerProtocol:
         return HEADER.pack(len(body)) + body
 
     def error_response(self, msgid: int, error: dict[str, Any]) -> bytes:
-        return self._frame((RESPONSE, msgid, error, None))
+        frame = self._frame((RESPONSE, msgid, error, None))
+        if len(frame) - HEADER_SIZE > self._max_frame:
+            frame = self._frame((RESPONSE, msgid, _shortened(error), None))
+        return frame
 
     def notification(self, name: str, payload: dict[str, Any]) -> bytes:
-        return self._frame((NOTIFICATION, name, (payload,)))
+        frame = self._frame((NOTIFICATION, name, (payload,)))
+        if name == "error" and len(frame) - HEADER_SIZE > self._max_frame:
+            frame = self._frame((NOTIFICATION, name, (_shortened(payload),)))
+        return frame
 
     def _frame(self, message: tuple[Any, ...]) -> bytes:
         body: bytes = self._packer.pack(message)
@@ -218,6 +224,19 @@ class ServerProtocol:
                 max_frame_bytes=self._max_frame,
             )
         )
+
+
+def _shortened(error: dict[str, Any]) -> dict[str, Any]:
+    """An error map cut to fit any frame (max_frame_bytes is at least 1024): the server
+    never sends a frame larger than max_frame_bytes, not even an error about a huge one.
+    Messages quote what clients sent in short already; this is the last line."""
+    shortened: dict[str, Any] = {}
+    for name, value in error.items():
+        if type(value) is str:
+            shortened[name] = value if len(value) <= 200 else value[:197] + "..."
+        elif value is None or type(value) in (int, bool, float):
+            shortened[name] = value
+    return shortened
 
 
 class _BadBody:
@@ -255,7 +274,7 @@ def _to_request(value: Any) -> Request | InvalidMessage:
         return _bad_shape(value, "params[0] must be a map of named arguments")
     for name in args:
         if type(name) is not str:
-            return _bad_shape(value, f"argument names must be str, got {name!r}")
+            return _bad_shape(value, f"argument names must be str, got {quoted(name)}")
     return Request(msgid, method, args)
 
 

@@ -5,12 +5,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import madsidecar
 import madsidecar_client
 from madsidecar.build_info import is_compiled, stale_modules
 
 from .support import RedisProcess, SidecarProcess
+
+# HYPOTHESIS_PROFILE=long: every property test explores more (tests/fuzzing.py scales the
+# fuzz tests' own budgets by the same switch).
+settings.register_profile("long", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

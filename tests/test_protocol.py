@@ -304,3 +304,26 @@ def test_a_request_repr_names_arguments_but_never_shows_their_values() -> None:
     shown = repr(request)
     assert "session.get" in shown and "token" in shown and "touch" in shown
     assert "s3cr3t" not in shown
+
+
+def test_an_error_about_a_huge_argument_name_quotes_it_short() -> None:
+    # Found while fuzzing: the repr of a non-str argument name went whole into the message,
+    # so the error frame could exceed max_frame_bytes.
+    proto = ServerProtocol(max_frame_bytes=1024)
+    proto.receive_data(frame_of([0, 9, "m", [{b"\x00" * 900: 1}]]))
+    [event] = drain(proto)
+    assert isinstance(event, InvalidMessage) and event.msgid == 9
+    assert len(proto.error_response(9, event.error)) - 4 <= 1024
+    assert len(event.error["message"]) < 200
+
+
+def test_error_frames_never_exceed_max_frame_bytes() -> None:
+    # The last line: whatever a handler put in an error, the frame fits.
+    proto = ServerProtocol(max_frame_bytes=1024)
+    error = {"code": "BAD_REQUEST", "message": "x" * 5000, "argument": "y" * 5000, "n": 3}
+    [[kind, msgid, sent, result]] = decode_frames(proto.error_response(1, error))
+    assert (kind, msgid, result) == (1, 1, None)
+    assert sent["code"] == "BAD_REQUEST" and sent["n"] == 3
+    assert sent["message"].startswith("x") and len(sent["message"]) <= 200
+    note = proto.notification("error", error)
+    assert len(note) - 4 <= 1024

@@ -127,6 +127,38 @@ def test_zero_length_frame_closes_with_bad_frame(sidecar: SidecarProcess) -> Non
     assert conn.is_closed_by_server()
 
 
+def test_errors_about_huge_names_still_fit_in_a_frame(redis_server: RedisProcess) -> None:
+    # Found while fuzzing: error messages quoted the method or argument name whole, so a
+    # long one made an error frame larger than max_frame_bytes (and 4x larger for bin).
+    with running_sidecar(redis_server, extra_args=["--max-frame-bytes", "1024"]) as side:
+        conn = RawConnection(side.socket_path)
+        sent = [
+            [0, 1, "m" * 1000, []],
+            [0, 2, "ping", [{"a" * 990: 1}]],
+            [0, 3, "cache.get", [{"key": "k", "x" * 980: 1}]],
+            [0, 4, "ping", [{b"\x00" * 900: 1}]],
+        ]
+        for message in sent:
+            body = msgpack.packb(message, use_bin_type=True)
+            assert len(body) <= 1024
+            conn.send_raw(struct.pack(">I", len(body)) + body)
+            conn.sock.settimeout(10)
+            header = b""
+            while len(header) < 4:
+                header += conn.sock.recv(4 - len(header))
+            (length,) = struct.unpack(">I", header)
+            assert length <= 1024, f"a reply of {length} bytes to {message[1]}"
+            reply = b""
+            while len(reply) < length:
+                reply += conn.sock.recv(length - len(reply))
+            _, msgid, error, _ = msgpack.unpackb(reply, raw=False)
+            assert msgid == message[1]
+            assert error["code"] in {"UNKNOWN_METHOD", "BAD_REQUEST"}
+            assert len(error["message"]) < 300
+        assert conn.call(5, "ping") == [1, 5, None, "pong"]
+        conn.close()
+
+
 def test_pipelined_requests_all_answered_with_their_msgids(sidecar: SidecarProcess) -> None:
     conn = RawConnection(sidecar.socket_path)
     frames = b"".join(

@@ -25,7 +25,7 @@ import structlog
 from ..background import BackgroundWork
 from ..config import Config, WarmTarget
 from ..deferred import Deferred
-from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable
+from ..errors import BadRequest, NotHeld, SidecarError, Timeout, Unavailable, quoted
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..protocol import Packed
 from ..redis_feed import open_feed
@@ -497,7 +497,7 @@ class Cache(CapabilityBase):
                     if _decode(raw) is UNDECODABLE:
                         self._note_undecodable(key)
                         raise BadRequest(
-                            f"cache.fetch: the value of {args['key']!r} in Redis is not "
+                            f"cache.fetch: the value of {quoted(args['key'])} in Redis is not "
                             "MessagePack (written by another program?)",
                             argument="key",
                         )
@@ -512,7 +512,7 @@ class Cache(CapabilityBase):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(
-                        f"cache.fetch: no value for {args['key']!r} within "
+                        f"cache.fetch: no value for {quoted(args['key'])} within "
                         f"wait_ms={args['wait_ms']}; another caller holds the lease"
                     )
                 # Woken by the fill or the lease's release; polling is only the fallback.
@@ -545,7 +545,7 @@ class Cache(CapabilityBase):
             del owned[lease_key]
         if not landed:
             raise NotHeld(
-                f"cache.fill: the lease on {args['key']!r} is no longer current "
+                f"cache.fill: the lease on {quoted(args['key'])} is no longer current "
                 "(expired, released, or voided by a write of the key)"
             )
         self._stats.fills += 1

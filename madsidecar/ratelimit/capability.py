@@ -35,7 +35,7 @@ from ..config import (
     RateRule,
     rate_limit_problem,
 )
-from ..errors import BadRequest, SidecarError, Unavailable
+from ..errors import BadRequest, SidecarError, Unavailable, quoted
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
@@ -301,7 +301,7 @@ class RateLimits(CapabilityBase):
     def _unknown_rule(self, method: str, name: str) -> BadRequest:
         known = ", ".join(sorted(self._rules)) or "none configured"
         return BadRequest(
-            f"{method}: argument 'rule': no rule named {name!r} (known: {known})",
+            f"{method}: argument 'rule': no rule named {quoted(name)} (known: {known})",
             argument="rule",
         )
 
