@@ -6,6 +6,8 @@ and one, as close as can be, that keeps it.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from .chaos.history import (
     CacheRead,
     CacheWrite,
@@ -116,3 +118,9 @@ def test_more_hits_than_the_limit_in_one_window_are_caught() -> None:
     assert broken(History(rate_hits=[hit(0), hit(0.3), hit(0.6)]))
     # Degraded (Redis away, the documented fallback) hits are not counted.
     assert not broken(History(rate_hits=[hit(0), hit(0.3), hit(0.6, degraded=True)]))
+
+
+def test_an_internal_error_is_a_breach() -> None:
+    assert broken(History(outcomes=Counter(ok=10, INTERNAL=1))) == {"no INTERNAL error"}
+    assert broken(History(internal_errors=["event='internal_error'"])) == {"no INTERNAL error"}
+    assert not broken(History(outcomes=Counter(ok=10, UNAVAILABLE=3)))

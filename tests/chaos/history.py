@@ -106,6 +106,7 @@ class History:
     outages: list[tuple[float, float]] = field(default_factory=list)  # Redis down, start-end
     faults: list[tuple[float, str]] = field(default_factory=list)  # when, what
     outcomes: Counter[str] = field(default_factory=Counter)  # "ok" or an error code
+    internal_errors: list[str] = field(default_factory=list)  # the sidecars' log lines
 
 
 @dataclass
@@ -132,7 +133,17 @@ def check(history: History) -> Verdict:
     check_sessions(history.sessions, history.session_reads, verdict)
     check_departures(history.departures, history.outages, verdict)
     check_rate_limits(history.rate_hits, verdict)
+    check_no_internal_errors(history, verdict)
     return verdict
+
+
+def check_no_internal_errors(history: History, verdict: Verdict) -> None:
+    """INTERNAL means a bug, whatever the faults: none may be answered, or logged."""
+    verdict.checked["no INTERNAL error"] += sum(history.outcomes.values())
+    if history.outcomes["INTERNAL"]:
+        verdict.breach("no INTERNAL error", f"{history.outcomes['INTERNAL']} answered INTERNAL")
+    for line in history.internal_errors[:10]:
+        verdict.breach("no INTERNAL error", line[:300])
 
 
 def check_lock_fences(holds: Sequence[LockHold], verdict: Verdict) -> None:

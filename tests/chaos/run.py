@@ -166,6 +166,8 @@ class ChaosRun:
         finally:
             self.stopping.set()
             for node in self.nodes:
+                lines = node.sidecar.log().splitlines()
+                self.history.internal_errors += [line for line in lines if "internal_error" in line]
                 node.sidecar.stop()
             if self.proxy is not None:
                 self.proxy.kill()
