@@ -1,0 +1,69 @@
+"""Per-method request counts and latency histograms, kept only when metrics are enabled.
+
+This is the one part of the Prometheus metrics that costs something per request, so it is
+compiled with the request path and kept to plain counters: the exporter (metrics.py)
+turns them into Prometheus families at scrape time. With metrics off, connections hold
+None instead and pay a single None check per request.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from time import perf_counter
+from typing import Final
+
+# Upper bounds in seconds. Inline answers (an L1 hit) take tens of microseconds; a Redis
+# round trip, a few hundred; a lock wait or a slow Redis, up to seconds.
+LATENCY_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+# Unknown method names come from clients: one label for all of them keeps a client that
+# sends garbage from growing the series without bound.
+UNKNOWN_METHOD: Final = "(unknown)"
+OK: Final = "OK"
+# The connection closed before the answer was ready: nothing was sent.
+CLOSED: Final = "CLOSED"
+
+
+class MethodCounts:
+    """One method's answers by result code, and its latency histogram."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        # Per-bucket (not cumulative) counts; the last slot is above the largest bound.
+        self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.count = 0
+        self.total_s = 0.0
+
+
+class RequestMetrics:
+    def __init__(self) -> None:
+        self.methods: dict[str, MethodCounts] = {}
+
+    def record(self, method: str, code: str, started: float) -> None:
+        """One answered request: `started` is the perf_counter() reading at its arrival."""
+        elapsed = perf_counter() - started
+        counts = self.methods.get(method)
+        if counts is None:
+            counts = self.methods[method] = MethodCounts()
+        codes = counts.codes
+        codes[code] = codes.get(code, 0) + 1
+        counts.buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
+        counts.count += 1
+        counts.total_s += elapsed
