@@ -41,7 +41,7 @@ from .protocol import (
     Request,
     ServerProtocol,
 )
-from .request_metrics import CLOSED, OK, UNKNOWN_METHOD, RequestMetrics
+from .request_metrics import CLOSED, UNKNOWN_METHOD, RequestMetrics
 
 if TYPE_CHECKING:
     from .server import Server
@@ -285,7 +285,7 @@ class ClientConnection(asyncio.Protocol):
                     msgid, method.name, ShuttingDown("the sidecar is shutting down"), started_at
                 )
             elif self._metrics is not None:
-                self._metrics.record(method.name, CLOSED, started_at)
+                self._metrics.failed(method.name, CLOSED, started_at)
         except Exception:
             reply = self._internal_error(msgid, method.name, started_at)
         finally:
@@ -321,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
             # Still listed: the connection closed (a refusal was counted when it was sent).
             entry = self._deferred.get(request)
             if entry is not None and self._metrics is not None:
-                self._metrics.record(entry[0].name, CLOSED, entry[3])
+                self._metrics.failed(entry[0].name, CLOSED, entry[3])
             return
         method, msgid, _args, started_at = self._deferred[request]
         try:
@@ -366,19 +366,19 @@ class ClientConnection(asyncio.Protocol):
             return self._error_response(msgid, method, too_large, started_at)
         metrics = self._metrics
         if metrics is not None:
-            metrics.record(method, OK, started_at)
+            metrics.answered(method, started_at)
         return reply
 
     def _error_response(
         self, msgid: int, method: str, exc: SidecarError, started_at: float
     ) -> bytes:
         if self._metrics is not None:
-            self._metrics.record(method, str(exc.code), started_at)
+            self._metrics.failed(method, str(exc.code), started_at)
         return self._proto.error_response(msgid, exc.to_map())
 
     def _internal_error(self, msgid: int, method: str, started_at: float) -> bytes:
         if self._metrics is not None:
-            self._metrics.record(method, str(ErrorCode.INTERNAL), started_at)
+            self._metrics.failed(method, str(ErrorCode.INTERNAL), started_at)
         error_id = uuid.uuid4().hex[:16]
         log.exception("internal_error", conn=self.conn_id, method=method, error_id=error_id)
         return self._proto.error_response(

@@ -147,7 +147,7 @@ class SidecarCollector(Collector):
         )
         bounds = [repr(bound) for bound in LATENCY_BUCKETS_S] + ["+Inf"]
         for method, recorded in sorted(self._requests.methods.items()):
-            for code, count in sorted(recorded.codes.items()):
+            for code, count in sorted(recorded.codes().items()):
                 counts.add_metric([method, code], count)
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, recorded.buckets, strict=True):

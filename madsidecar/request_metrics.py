@@ -8,7 +8,6 @@ None instead and pay a single None check per request.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from time import perf_counter
 from typing import Final
 
@@ -45,25 +44,44 @@ class MethodCounts:
     """One method's answers by result code, and its latency histogram."""
 
     def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
+        self.ok = 0
+        self.failed: dict[str, int] = {}
         # Per-bucket (not cumulative) counts; the last slot is above the largest bound.
         self.buckets: list[int] = [0] * (len(LATENCY_BUCKETS_S) + 1)
-        self.count = 0
         self.total_s = 0.0
+
+    def codes(self) -> dict[str, int]:
+        """Answers by result code: OK, an error code, or CLOSED."""
+        codes = {OK: self.ok} if self.ok else {}
+        codes.update(self.failed)
+        return codes
 
 
 class RequestMetrics:
     def __init__(self) -> None:
         self.methods: dict[str, MethodCounts] = {}
 
-    def record(self, method: str, code: str, started: float) -> None:
-        """One answered request: `started` is the perf_counter() reading at its arrival."""
+    def answered(self, method: str, started: float) -> None:
+        """One request answered with a result; `started`: perf_counter() at its arrival."""
+        self._timed(method, started).ok += 1
+
+    def failed(self, method: str, code: str, started: float) -> None:
+        """One request answered with an error (or not at all: CLOSED)."""
+        failed = self._timed(method, started).failed
+        failed[code] = failed.get(code, 0) + 1
+
+    def _timed(self, method: str, started: float) -> MethodCounts:
         elapsed = perf_counter() - started
         counts = self.methods.get(method)
         if counts is None:
             counts = self.methods[method] = MethodCounts()
-        codes = counts.codes
-        codes[code] = codes.get(code, 0) + 1
-        counts.buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
-        counts.count += 1
+        # Most answers take well under a millisecond: counting up from the smallest bound
+        # finds their bucket in a few comparisons of unboxed floats.
+        bucket = 0
+        bounds = LATENCY_BUCKETS_S
+        last = len(bounds)
+        while bucket < last and elapsed > bounds[bucket]:
+            bucket += 1
+        counts.buckets[bucket] += 1
         counts.total_s += elapsed
+        return counts
