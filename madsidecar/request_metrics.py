@@ -1,5 +1,8 @@
 """Per-method request counts and latency histograms, kept only when metrics are enabled.
 
+A request's latency runs from the read that brought it in to its answer being ready;
+answers given inline during one read are timed together, with one clock read.
+
 This is the one part of the Prometheus metrics that costs something per request, so it is
 compiled with the request path and kept to plain counters: the exporter (metrics.py)
 turns them into Prometheus families at scrape time. With metrics off, connections hold
@@ -63,25 +66,43 @@ class RequestMetrics:
 
     def answered(self, method: str, started: float) -> None:
         """One request answered with a result; `started`: perf_counter() at its arrival."""
-        self._timed(method, started).ok += 1
+        elapsed = perf_counter() - started
+        counts = self._counts(method)
+        counts.ok += 1
+        counts.buckets[_bucket(elapsed)] += 1
+        counts.total_s += elapsed
+
+    def answered_together(self, methods: list[str], started: float) -> None:
+        """Requests read together and answered at once (inline): one clock read for all."""
+        elapsed = perf_counter() - started
+        bucket = _bucket(elapsed)
+        for method in methods:
+            counts = self._counts(method)
+            counts.ok += 1
+            counts.buckets[bucket] += 1
+            counts.total_s += elapsed
 
     def failed(self, method: str, code: str, started: float) -> None:
         """One request answered with an error (or not at all: CLOSED)."""
-        failed = self._timed(method, started).failed
-        failed[code] = failed.get(code, 0) + 1
-
-    def _timed(self, method: str, started: float) -> MethodCounts:
         elapsed = perf_counter() - started
+        counts = self._counts(method)
+        counts.failed[code] = counts.failed.get(code, 0) + 1
+        counts.buckets[_bucket(elapsed)] += 1
+        counts.total_s += elapsed
+
+    def _counts(self, method: str) -> MethodCounts:
         counts = self.methods.get(method)
         if counts is None:
             counts = self.methods[method] = MethodCounts()
-        # Most answers take well under a millisecond: counting up from the smallest bound
-        # finds their bucket in a few comparisons of unboxed floats.
-        bucket = 0
-        bounds = LATENCY_BUCKETS_S
-        last = len(bounds)
-        while bucket < last and elapsed > bounds[bucket]:
-            bucket += 1
-        counts.buckets[bucket] += 1
-        counts.total_s += elapsed
         return counts
+
+
+def _bucket(elapsed: float) -> int:
+    # Most answers take well under a millisecond: counting up from the smallest bound
+    # finds their bucket in a few comparisons of unboxed floats.
+    bucket = 0
+    bounds = LATENCY_BUCKETS_S
+    last = len(bounds)
+    while bucket < last and elapsed > bounds[bucket]:
+        bucket += 1
+    return bucket
