@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -224,7 +226,13 @@ class MetricsEndpoint:
                 self._serve, host, port, limit=MAX_REQUEST_BYTES
             )
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            # asyncio's own message repeats the address; the errno's text is the news.
+            if isinstance(exc, socket.gaierror):
+                reason = f"cannot resolve {host!r}: {exc.strerror}"
+            elif exc.errno:
+                reason = os.strerror(exc.errno).lower()
+            else:
+                reason = str(exc)
             raise StartupError(
                 f"metrics_listen: cannot listen on {listen}: {reason}; pick another port "
                 "or stop what uses it"

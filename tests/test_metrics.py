@@ -208,7 +208,10 @@ def test_a_port_in_use_stops_the_start(redis_server: RedisProcess) -> None:
             log = side.log()
         finally:
             side.stop()
-    assert f"cannot start: metrics_listen: cannot listen on 127.0.0.1:{port}" in log
+    assert (
+        f"cannot start: metrics_listen: cannot listen on 127.0.0.1:{port}: address already in use"
+        in log
+    )
     assert "Traceback" not in log
 
 
