@@ -187,9 +187,10 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._fail(event)  # type: ignore[arg-type]
                 break
+        self._flush()
+        # After the write, so that timing answers never delays them.
         if self._answered_inline:
             self._record_inline()
-        self._flush()
 
     def _dispatch(self, request: Request) -> None:
         self.requests += 1
