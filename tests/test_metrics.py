@@ -4,6 +4,7 @@ figures checked against the calls just made through the Python client."""
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from madsidecar.config import ConfigError, load_config
 from madsidecar_client import BlockingClient, ServerError
 
+from .rawclient import RawConnection
 from .support import RedisProcess, SidecarProcess, wait_until
 from .test_cli import madsidecar
 
@@ -162,6 +164,27 @@ def test_other_paths_and_verbs_and_garbage(metered: tuple[SidecarProcess, int]) 
     assert raw_exchange(port, b"\x00\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     # A request head larger than any scrape's is not answered: the connection is closed.
     assert raw_exchange(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 70_000) == b""
+
+
+def test_an_idle_connection_is_closed_unanswered(metered: tuple[SidecarProcess, int]) -> None:
+    _, port = metered
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        started = time.monotonic()
+        assert sock.recv(1024) == b"", "closed, and nothing sent"
+        assert 4.5 <= time.monotonic() - started < 20, "after the 5 s idle timeout"
+
+
+def test_a_request_whose_client_left_counts_as_closed(metered: tuple[SidecarProcess, int]) -> None:
+    side, port = metered
+    with side.client() as holder:
+        holder.call("lock.acquire", {"name": "m", "ttl_ms": 60_000})
+        waiter = RawConnection(side.socket_path)
+        waiter.request(1, "lock.acquire", {"name": "m", "wait_ms": 60_000})
+        # The sidecar's state, not an event the test can wait on: poll the gauge.
+        wait_until(lambda: value(scrape(port), "madsidecar_locks_waiting") == 1, 5.0)
+        waiter.close()
+        closed = {"method": "lock.acquire", "code": "CLOSED"}
+        wait_until(lambda: value(scrape(port), "madsidecar_requests_total", **closed) == 1, 5.0)
 
 
 def raw_exchange(port: int, request: bytes) -> bytes:
