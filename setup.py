@@ -21,6 +21,7 @@ COMPILED = [
     "madsidecar/deferred.py",
     "madsidecar/methods.py",
     "madsidecar/ordering.py",
+    "madsidecar/request_metrics.py",
     "madsidecar/connection.py",
     "madsidecar/core.py",
     "madsidecar/redis_gateway.py",

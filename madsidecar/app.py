@@ -20,10 +20,12 @@ from .embedded_redis import EmbeddedRedis
 from .locks import Locks
 from .logs import configure_logging
 from .methods import Capability, MethodTable
+from .metrics import MetricsEndpoint, build_registry
 from .presence import Presence
 from .pubsub import PubSub
 from .ratelimit import RateLimits
 from .redis_gateway import RedisGateway, redis_settings
+from .request_metrics import RequestMetrics
 from .server import Server
 from .sessions import Sessions
 from .systemd import SystemdNotifier, take_activated_socket
@@ -43,6 +45,7 @@ class Sidecar:
         self.gateway: RedisGateway | None = None
         self.server: Server | None = None
         self.cache: Cache | None = None
+        self.metrics: MetricsEndpoint | None = None
         self._capabilities: list[Capability] = []
 
     def request_stop(self) -> None:
@@ -75,7 +78,8 @@ class Sidecar:
         self.gateway = RedisGateway(redis_settings(self.config, redis_url))
         self.gateway.start()
         table = MethodTable()
-        self.server = Server(self.config, table, self._capabilities)
+        requests = RequestMetrics() if self.config.metrics_listen is not None else None
+        self.server = Server(self.config, table, self._capabilities, requests)
         self._capabilities += build_capabilities(
             self.config,
             self.gateway,
@@ -84,17 +88,27 @@ class Sidecar:
             self.embedded is not None,
         )
         self.cache = next(c for c in self._capabilities if isinstance(c, Cache))
-        for capability in self._capabilities:
-            for method in capability.methods():
-                table.register(method)
-            await capability.start()
-        await self.server.listen(take_activated_socket())
-        self._install_signal_handlers()
-        self._notifier.start_watchdog()
-        ready = asyncio.create_task(self._announce_ready())
-        await self._stop.wait()
-        ready.cancel()
-        await self._drain()
+        if self.config.metrics_listen is not None and requests is not None:
+            # Before anything starts: a port in use stops the start with nothing to undo.
+            core = next(c for c in self._capabilities if isinstance(c, CoreMethods))
+            self.metrics = MetricsEndpoint(build_registry(core.snapshot, requests))
+            url = await self.metrics.start(self.config.metrics_listen)
+            log.info("metrics_listening", url=url)
+        try:
+            for capability in self._capabilities:
+                for method in capability.methods():
+                    table.register(method)
+                await capability.start()
+            await self.server.listen(take_activated_socket())
+            self._install_signal_handlers()
+            self._notifier.start_watchdog()
+            ready = asyncio.create_task(self._announce_ready())
+            await self._stop.wait()
+            ready.cancel()
+            await self._drain()
+        finally:
+            if self.metrics is not None:
+                await self.metrics.close()
 
     async def _announce_ready(self) -> None:
         assert self.gateway is not None

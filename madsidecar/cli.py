@@ -20,7 +20,8 @@ locks, sessions, presence and rate limits. Services talk to it over a Unix socke
   madsidecar run                  start it in the foreground (an embedded redis-server
                                   is started when no --redis-url is given)
   madsidecar ping                 check that a running sidecar answers
-  madsidecar stats                print a running sidecar's counters as JSON
+  madsidecar stats [--json]       print a running sidecar's counters: a summary, or
+                                  the raw stats map as JSON
   madsidecar lock NAME -- CMD     run CMD while holding a fleet-wide lock (like flock(1))
 """
 
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"socket path [env MADSIDECAR_SOCKET, default {DEFAULT_SOCKET}]",
         )
         sub.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+        if name == "stats":
+            sub.add_argument(
+                "--json", action="store_true", help="print the raw stats map as JSON instead"
+            )
     return parser
 
 
@@ -162,8 +167,12 @@ def _talk(args: argparse.Namespace) -> int:
                 reply = client.ping()
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 print(f"{reply} from {path} in {elapsed_ms:.2f} ms")
-            else:
+            elif args.json:
                 print(json.dumps(client.stats(), indent=2, sort_keys=True, default=repr))
+            else:
+                from .stats_view import render
+
+                print(render(client.stats()))
     except MadsidecarError as exc:
         print(
             f"madsidecar: no answer from {path}: {exc.message} "

@@ -196,6 +196,9 @@ class Config:
         reloadable=True,
     )
     log_format: str = _setting("kv", "log line format", choices=("kv", "json"))
+    metrics_listen: str | None = _setting(
+        None, "HOST:PORT of the Prometheus endpoint (GET /metrics); unset: no endpoint"
+    )
     redis_server: str = _setting(
         "redis-server", "redis-server binary used for the embedded default"
     )
@@ -602,6 +605,14 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         # A brace in the prefix would become the hash tag of every key, in place of the
         # tags that keep each script's keys together and spread the rest over the slots.
         raise ConfigError("key_prefix: must not contain { or } with a Redis Cluster URL")
+    if config.metrics_listen is not None:
+        where = f" from {sources['metrics_listen']}" if "metrics_listen" in sources else ""
+        try:
+            parse_listen(config.metrics_listen)
+        except ValueError as exc:
+            raise ConfigError(
+                f"metrics_listen: {exc}, got {config.metrics_listen!r}{where}"
+            ) from None
     if not config.node_id or len(config.node_id.encode()) > MAX_NAME_BYTES:
         raise ConfigError(f"node_id: must be 1 to {MAX_NAME_BYTES} bytes")
     if config.redis_url is not None:
@@ -649,6 +660,24 @@ def _validated(config: Config, sources: Mapping[str, str] | None = None) -> Conf
         except OSError as exc:
             raise ConfigError(f"session_secret_file: cannot read it: {exc.strerror}") from None
     return config
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[v6addr]:PORT` for an IPv6 address) as (host, port); ValueError says
+    what is wrong with it."""
+    host, colon, port_text = value.rpartition(":")
+    if not colon:
+        raise ValueError("expected HOST:PORT, such as 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, such as [::1]:9464")
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        # No empty host for "every interface": listening on all of them must be asked for.
+        raise ValueError("expected a host name or address before the port (0.0.0.0 for all)")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port_text)
 
 
 def quorum_urls(config: Config) -> list[str]:

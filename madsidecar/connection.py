@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable
 from functools import partial
+from time import perf_counter
 from types import CoroutineType, NoneType
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -20,6 +21,7 @@ import structlog
 from .config import PolicyRule
 from .deferred import Deferred
 from .errors import (
+    BadRequest,
     ErrorCode,
     Forbidden,
     ShuttingDown,
@@ -40,6 +42,7 @@ from .protocol import (
     Request,
     ServerProtocol,
 )
+from .request_metrics import CLOSED, UNKNOWN_METHOD, RequestMetrics
 
 if TYPE_CHECKING:
     from .server import Server
@@ -59,7 +62,13 @@ class ClientConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         # Requests still running: tasks, and futures standing for `Deferred` answers.
         self._tasks: set[asyncio.Future[None]] = set()
-        self._deferred: dict[asyncio.Future[None], tuple[Method, int, dict[str, Any]]] = {}
+        self._deferred: dict[asyncio.Future[None], tuple[Method, int, dict[str, Any], float]] = {}
+        # None unless metrics are enabled: then each answer is counted and timed, from the
+        # read that brought its request in (one clock read per read, not per request).
+        self._metrics: RequestMetrics | None = server.request_metrics
+        self._arrived = 0.0
+        # Methods answered inline since the last flush: timed together, with one clock read.
+        self._answered_inline: list[str] = []
         self._order = RequestOrder()
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -94,6 +103,8 @@ class ClientConnection(asyncio.Protocol):
             self.notify("shutdown", {"deadline_ms": 0})
 
     def data_received(self, data: bytes) -> None:
+        if self._metrics is not None:
+            self._arrived = perf_counter()
         self._proto.receive_data(data)
         self._process()
 
@@ -176,13 +187,17 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(event)  # type: ignore[arg-type]
             else:
                 self._fail(event)  # type: ignore[arg-type]
-                return
+                break
         self._flush()
+        # After the write, so that timing answers never delays them.
+        if self._answered_inline:
+            self._record_inline()
 
     def _dispatch(self, request: Request) -> None:
         self.requests += 1
         server = self._server
         server.requests += 1
+        started = self._arrived
         method = self._methods.get(request.method)
         try:
             if method is None:
@@ -193,30 +208,31 @@ class ClientConnection(asyncio.Protocol):
                 self._authorize(method)
             args = method.bind(request.args) if request.args or method.args else request.args
         except SidecarError as exc:
-            self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
+            name = UNKNOWN_METHOD if method is None else method.name
+            self._out.append(self._error_response(request.msgid, name, exc, started))
             return
         # Nothing can be ahead of this call when nothing of this connection is running.
         if method.is_async or (self._tasks and self._order.must_wait(method, args)):
             # Async work, or an inline handler that must queue behind its key.
-            self._start_task(method, request.msgid, args)
+            self._start_task(method, request.msgid, args, started)
             return
         try:
             result = method.handler(self, args)
         except SidecarError as exc:
-            self._out.append(self._proto.error_response(request.msgid, exc.to_map()))
+            self._out.append(self._error_response(request.msgid, method.name, exc, started))
             return
         except Exception:
-            self._out.append(self._internal_error(request.msgid, method.name))
+            self._out.append(self._internal_error(request.msgid, method.name, started))
             return
         if type(result) is Deferred:
-            self._start_deferred(method, request.msgid, args, result)
+            self._start_deferred(method, request.msgid, args, result, started)
             return
         if _is_awaitable(result):
             # An inline handler that could not answer at once (an L1 miss, say) hands
             # back the rest of its work; it runs as a task in this request's place.
-            self._start_task(method, request.msgid, args, result)
+            self._start_task(method, request.msgid, args, started, result)
             return
-        self._out.append(self._encode_result(request.msgid, method.name, result))
+        self._out.append(self._encode_result(request.msgid, method.name, result, started, True))
 
     def _authorize(self, method: Method) -> None:
         rule = self.rule
@@ -241,13 +257,14 @@ class ClientConnection(asyncio.Protocol):
         method: Method,
         msgid: int,
         args: dict[str, Any],
+        started_at: float,
         started: Awaitable[Any] | None = None,
     ) -> None:
         ordered = method.ordered_by is not None or method.barrier
         waits = (
             self._order.predecessors(method, args, self._tasks) if ordered or self._tasks else []
         )
-        task = self._loop.create_task(self._run(method, msgid, args, waits, started))
+        task = self._loop.create_task(self._run(method, msgid, args, waits, started_at, started))
         self._tasks.add(task)
         if ordered:
             self._order.register(method, args, task)
@@ -258,6 +275,7 @@ class ClientConnection(asyncio.Protocol):
         msgid: int,
         args: dict[str, Any],
         waits: list[asyncio.Future[None]],
+        started_at: float,
         started: Awaitable[Any] | None,
     ) -> None:
         reply: bytes | None = None
@@ -267,16 +285,18 @@ class ClientConnection(asyncio.Protocol):
             result = started if started is not None else method.handler(self, args)
             if _is_awaitable(result):
                 result = await result
-            reply = self._encode_result(msgid, method.name, result)
+            reply = self._encode_result(msgid, method.name, result, started_at)
         except SidecarError as exc:
-            reply = self._proto.error_response(msgid, exc.to_map())
+            reply = self._error_response(msgid, method.name, exc, started_at)
         except asyncio.CancelledError:
             if self._server.draining and not self.closed:
-                reply = self._proto.error_response(
-                    msgid, error_map(ErrorCode.SHUTTING_DOWN, "the sidecar is shutting down")
+                reply = self._error_response(
+                    msgid, method.name, ShuttingDown("the sidecar is shutting down"), started_at
                 )
+            elif self._metrics is not None:
+                self._metrics.failed(method.name, CLOSED, started_at)
         except Exception:
-            reply = self._internal_error(msgid, method.name)
+            reply = self._internal_error(msgid, method.name, started_at)
         finally:
             task = asyncio.current_task()
             self._tasks.discard(task)
@@ -287,11 +307,16 @@ class ClientConnection(asyncio.Protocol):
             self._process()
 
     def _start_deferred(
-        self, method: Method, msgid: int, args: dict[str, Any], deferred: Deferred
+        self,
+        method: Method,
+        msgid: int,
+        args: dict[str, Any],
+        deferred: Deferred,
+        started_at: float,
     ) -> None:
         request: asyncio.Future[None] = self._loop.create_future()
         self._tasks.add(request)
-        self._deferred[request] = (method, msgid, args)
+        self._deferred[request] = (method, msgid, args, started_at)
         if method.ordered_by is not None or method.barrier:
             self._order.register(method, args, request)
         deferred.pending.add_done_callback(partial(self._deferred_ready, deferred, request))
@@ -302,57 +327,77 @@ class ClientConnection(asyncio.Protocol):
         if request.done():  # cancelled: the connection closed, or the drain refused it
             if deferred.abandoned is not None:
                 deferred.abandoned()
+            # Still listed: the connection closed (a refusal was counted when it was sent).
+            entry = self._deferred.get(request)
+            if entry is not None and self._metrics is not None:
+                self._metrics.failed(entry[0].name, CLOSED, entry[3])
             return
-        method, msgid, _args = self._deferred[request]
+        method, msgid, _args, started_at = self._deferred[request]
         try:
             result = deferred.resolve()
             if type(result) is Deferred:
                 result.pending.add_done_callback(partial(self._deferred_ready, result, request))
                 return
-            reply = self._encode_result(msgid, method.name, result)
+            reply = self._encode_result(msgid, method.name, result, started_at)
         except SidecarError as exc:
-            reply = self._proto.error_response(msgid, exc.to_map())
+            reply = self._error_response(msgid, method.name, exc, started_at)
         except Exception:
-            reply = self._internal_error(msgid, method.name)
+            reply = self._internal_error(msgid, method.name, started_at)
         self._end_deferred(request)
         request.set_result(None)
         self._send(reply)
         if self._reading_paused and not self._writing_paused:
             self._process()
 
-    def _end_deferred(self, request: asyncio.Future[None]) -> tuple[Method, int]:
-        method, msgid, args = self._deferred.pop(request)
+    def _end_deferred(self, request: asyncio.Future[None]) -> tuple[Method, int, float]:
+        method, msgid, args, started_at = self._deferred.pop(request)
         self._tasks.discard(request)
         self._order.release(method, args, request)
-        return method, msgid
+        return method, msgid, started_at
 
     def _refuse_deferred(self, request: asyncio.Future[None]) -> None:
-        _, msgid = self._end_deferred(request)
+        method, msgid, started_at = self._end_deferred(request)
         request.cancel()
         if not self.closed:
-            self._send(
-                self._proto.error_response(
-                    msgid, error_map(ErrorCode.SHUTTING_DOWN, "the sidecar is shutting down")
-                )
-            )
+            refusal = ShuttingDown("the sidecar is shutting down")
+            self._send(self._error_response(msgid, method.name, refusal, started_at))
 
-    def _encode_result(self, msgid: int, method: str, result: Any) -> bytes:
+    def _encode_result(
+        self, msgid: int, method: str, result: Any, started_at: float, inline: bool = False
+    ) -> bytes:
         try:
             reply = self._proto.response(msgid, result)
         except Exception:
-            return self._internal_error(msgid, method)
+            return self._internal_error(msgid, method, started_at)
         if len(reply) > self._max_reply:
-            return self._proto.error_response(
-                msgid,
-                error_map(
-                    ErrorCode.BAD_REQUEST,
-                    f"{method}: the result ({len(reply) - HEADER_SIZE} bytes) exceeds "
-                    "max_frame_bytes; ask for less at a time",
-                ),
+            too_large = BadRequest(
+                f"{method}: the result ({len(reply) - HEADER_SIZE} bytes) exceeds "
+                "max_frame_bytes; ask for less at a time"
             )
+            return self._error_response(msgid, method, too_large, started_at)
+        metrics = self._metrics
+        if metrics is not None:
+            if inline:
+                self._answered_inline.append(method)
+            else:
+                metrics.answered(method, started_at)
         return reply
 
-    def _internal_error(self, msgid: int, method: str) -> bytes:
+    def _record_inline(self) -> None:
+        if self._metrics is not None:
+            self._metrics.answered_together(self._answered_inline, self._arrived)
+        self._answered_inline.clear()
+
+    def _error_response(
+        self, msgid: int, method: str, exc: SidecarError, started_at: float
+    ) -> bytes:
+        if self._metrics is not None:
+            self._metrics.failed(method, str(exc.code), started_at)
+        return self._proto.error_response(msgid, exc.to_map())
+
+    def _internal_error(self, msgid: int, method: str, started_at: float) -> bytes:
+        if self._metrics is not None:
+            self._metrics.failed(method, str(ErrorCode.INTERNAL), started_at)
         error_id = uuid.uuid4().hex[:16]
         log.exception("internal_error", conn=self.conn_id, method=method, error_id=error_id)
         return self._proto.error_response(

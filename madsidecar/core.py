@@ -92,6 +92,10 @@ class CoreMethods(CapabilityBase):
         return "pong"
 
     def stats_method(self, client: Client, args: dict[str, Any]) -> dict[str, Any]:
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter of the sidecar, as `stats` answers them (and /metrics reads them)."""
         server = self._server
         gateway = self._gateway
         latency_us = gateway.latency_us

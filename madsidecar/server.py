@@ -18,6 +18,7 @@ import structlog
 from .config import Config
 from .connection import ClientConnection
 from .methods import Capability, MethodTable
+from .request_metrics import RequestMetrics
 
 log = structlog.get_logger("madsidecar.server")
 
@@ -30,11 +31,17 @@ class StartupError(Exception):
 
 class Server:
     def __init__(
-        self, config: Config, table: MethodTable, capabilities: Sequence[Capability]
+        self,
+        config: Config,
+        table: MethodTable,
+        capabilities: Sequence[Capability],
+        request_metrics: RequestMetrics | None = None,
     ) -> None:
         self.config = config
         self.table = table
         self._capabilities = capabilities
+        # Connections count and time each answer here when metrics are enabled.
+        self.request_metrics = request_metrics
         self.connections: dict[int, ClientConnection] = {}
         self.requests = 0
         self.draining = False

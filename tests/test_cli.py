@@ -39,9 +39,55 @@ def test_ping_and_stats_against_a_running_sidecar(sidecar: SidecarProcess) -> No
     ping = madsidecar("ping", "--socket", sidecar.socket_path)
     assert ping.returncode == 0, ping.stderr
     assert ping.stdout.startswith("pong from ")
-    stats = madsidecar("stats", env={"MADSIDECAR_SOCKET": sidecar.socket_path})
+    stats = madsidecar("stats", "--json", env={"MADSIDECAR_SOCKET": sidecar.socket_path})
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["redis"]["connected"] is True
+
+
+def test_stats_prints_a_readable_summary(sidecar: SidecarProcess) -> None:
+    with sidecar.client() as client:
+        client.call("cache.get", {"key": "absent"})
+        client.call("cache.set", {"key": "k", "value": "v"})
+        sources = [client.call("cache.get", {"key": "k"})["source"] for _ in range(4)]
+        assert sources == ["l2", "l1", "l1", "l1"]
+        client.call("lock.acquire", {"name": "m"})
+        client.call("presence.track", {"channel": "lobby", "key": "ann"})
+        limited = {"key": "ip", "limit": 1, "window_ms": 60_000}
+        for _ in range(4):
+            client.call("ratelimit.hit", limited)
+        result = madsidecar("stats", "--socket", sidecar.socket_path)
+        raw = json.loads(madsidecar("stats", "--json", "--socket", sidecar.socket_path).stdout)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"madsidecar {raw['version']} on node {raw['node_id']} (")
+    rows = summary_rows(lines)
+    assert rows["state"] == "connected"
+    assert rows["connections"] == "2"  # the client above, and the `stats` command itself
+    assert rows["L1 hit ratio"] == "60.0 %  (3 of 5 reads)"
+    assert rows["Redis hit ratio"] == "50.0 %  (1 of 2 L1 misses)"
+    assert rows["held"] == "1"
+    assert rows["entries"] == "1"
+    assert rows["decisions"] == "1 allowed, 3 denied (75.0 % denied)"
+    assert rows["feed live"] == "yes", "keys without a line of their own are listed too"
+    for section in ("redis", "cache", "locks", "sessions", "presence", "pubsub", "ratelimit"):
+        assert section in lines, f"no {section} section"
+    # One column: every value starts at the same offset.
+    starts = set()
+    for line in lines:
+        if line.startswith("  "):
+            label, _, text = line.strip().partition("  ")
+            starts.add(line.index(text.strip(), 2 + len(label)))
+    assert len(starts) == 1
+
+
+def summary_rows(lines: list[str]) -> dict[str, str]:
+    """label -> value of the summary's indented rows (the first row of a label wins)."""
+    rows: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("  "):
+            label, _, text = line.strip().partition("  ")
+            rows.setdefault(label, text.strip())
+    return rows
 
 
 def test_ping_with_no_sidecar_says_what_to_do() -> None:
