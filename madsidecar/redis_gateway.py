@@ -45,6 +45,12 @@ READ_ONLY: Final = "the server is a read-only replica now (a failover?)"
 log = structlog.get_logger("madsidecar.redis")
 
 
+# Replies that say "not now" rather than "wrong": Redis loading its data after a restart,
+# a script running too long, no master or not enough replicas, persistence failing. The
+# caller may retry: UNAVAILABLE, not INTERNAL (found by the chaos run: LOADING).
+NOT_NOW_REPLIES: Final = frozenset({"LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "MISCONF"})
+
+
 class RedisCommandError(SidecarError):
     """Redis answered a command with an error reply (a bug on our side if it happens).
     `reply_code` is the reply's first word (NOSCRIPT, WRONGTYPE, ...)."""
@@ -247,6 +253,8 @@ class _Link:
                     if command_error.reply_code == "READONLY":
                         demoted = True
                         error = Unavailable(f"redis unavailable: {READ_ONLY}", BACKOFF_MS)
+                    elif command_error.reply_code in NOT_NOW_REPLIES:
+                        error = Unavailable(f"redis unavailable: {reply}", BACKOFF_MS)
                     if not future.done():
                         future.set_exception(error)
                 elif not future.done():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
+import redis
 
 from madsidecar_client import BlockingClient, ShuttingDownError, UnavailableError
 
@@ -435,3 +437,45 @@ def test_one_connections_flood_is_held_to_max_inflight(redis_server: RedisProces
         assert first[1] in (1, 2, 3, 4) and first[3]["acquired"], first
         assert second[1] == 5 and second[3] == "pong", second
         flood.close()
+
+
+def test_redis_busy_or_loading_is_unavailable_not_internal(redis_server: RedisProcess) -> None:
+    """Found by the chaos run: Redis answering LOADING (after a restart with AOF) gave
+    clients INTERNAL. A reply that says "not now" is UNAVAILABLE with retry_after_ms; a
+    script running past lua-time-limit (BUSY) shows the same path on demand."""
+    direct = redis.Redis.from_url(redis_server.url)
+    direct.config_set("lua-time-limit", 50)
+    spinner = threading.Thread(target=spin_a_script, args=(redis_server.url,), daemon=True)
+    with running_sidecar(redis_server) as side, side.client() as client:
+        client.call("cache.set", {"key": "k", "value": 1})
+        spinner.start()
+        try:
+            wait_until(lambda: redis_is_busy(direct), timeout=10)
+            with pytest.raises(UnavailableError) as caught:
+                client.call("cache.delete", {"keys": ["k"]})
+            assert caught.value.retry_after_ms > 0
+        finally:
+            direct.script_kill()
+            spinner.join(10)
+        wait_until(lambda: redis_answers(client), timeout=10)
+    direct.close()
+
+
+def spin_a_script(url: str) -> None:
+    with redis.Redis.from_url(url) as spinner, contextlib.suppress(redis.ResponseError):
+        spinner.eval("while true do end", 0)  # until SCRIPT KILL
+
+
+def redis_is_busy(direct: redis.Redis) -> bool:
+    try:
+        direct.ping()
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
+
+
+def redis_answers(client: BlockingClient) -> bool:
+    try:
+        return bool(client.call("health")["ok"])
+    except UnavailableError:
+        return False
