@@ -83,6 +83,7 @@ class Node:
             extra_args=[
                 "--node-id", name,
                 "--redis-timeout-ms", "500",
+                "--cache-probe-interval-ms", "250",
                 "--presence-node-timeout-ms", str(NODE_TIMEOUT_MS),
                 "--presence-sweep-interval-ms", str(SWEEP_MS),
                 "--session-l1-ttl-ms", str(SESSION_L1_TTL_MS),
