@@ -11,9 +11,11 @@ from collections import Counter
 from .chaos.history import (
     CacheRead,
     CacheWrite,
+    Delivery,
     Departure,
     History,
     LockHold,
+    Publish,
     RateHit,
     SessionLife,
     SessionRead,
@@ -34,7 +36,7 @@ def test_the_short_chaos_run_breaks_no_promise() -> None:
     for promise in (
         "lock fences strictly increase", "lock exclusion", "cache coherence",
         "sessions kept, revocations seen", "rate limits exact", "presence leaves",
-        "locks released on disconnect",
+        "locks released on disconnect", "pub/sub at most once, in order",
     ):  # fmt: skip
         assert verdict.checked[promise] > 0, f"{promise}: nothing was checked"
 
@@ -124,3 +126,17 @@ def test_an_internal_error_is_a_breach() -> None:
     assert broken(History(outcomes=Counter(ok=10, INTERNAL=1))) == {"no INTERNAL error"}
     assert broken(History(internal_errors=["event='internal_error'"])) == {"no INTERNAL error"}
     assert not broken(History(outcomes=Counter(ok=10, UNAVAILABLE=3)))
+
+
+def test_pubsub_out_of_order_duplicated_or_invented_messages_are_caught() -> None:
+    sent = [Publish("a", 1, True), Publish("a", 2, True), Publish("a", 3, False)]
+
+    def got(*seqs: int) -> History:
+        return History(publishes=sent, deliveries=[Delivery("b", "a", n) for n in seqs])
+
+    assert not broken(got(1, 2))
+    assert not broken(got(2))  # at most once: a message may be lost
+    assert not broken(got(3, 1, 2))  # a failed publish may arrive late
+    assert broken(got(2, 1)) == {"pub/sub at most once, in order"}
+    assert broken(got(1, 1)) == {"pub/sub at most once, in order"}
+    assert broken(got(7)) == {"pub/sub at most once, in order"}

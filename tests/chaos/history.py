@@ -96,6 +96,20 @@ class RateHit:
     end: float
 
 
+@dataclass(frozen=True)
+class Publish:
+    publisher: str
+    seq: int
+    acked: bool  # the publish returned (else it may still be delivered, and late)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    subscriber: str
+    publisher: str
+    seq: int
+
+
 @dataclass
 class History:
     lock_holds: list[LockHold] = field(default_factory=list)
@@ -105,6 +119,8 @@ class History:
     session_reads: list[SessionRead] = field(default_factory=list)
     departures: list[Departure] = field(default_factory=list)
     rate_hits: list[RateHit] = field(default_factory=list)
+    publishes: list[Publish] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)  # Redis down, start-end
     faults: list[tuple[float, str]] = field(default_factory=list)  # when, what
     outcomes: Counter[str] = field(default_factory=Counter)  # "ok" or an error code
@@ -135,8 +151,38 @@ def check(history: History) -> Verdict:
     check_sessions(history.sessions, history.session_reads, verdict)
     check_departures(history.departures, history.outages, verdict)
     check_rate_limits(history.rate_hits, verdict)
+    check_pubsub(history.publishes, history.deliveries, verdict)
     check_no_internal_errors(history, verdict)
     return verdict
+
+
+def check_pubsub(
+    publishes: Sequence[Publish], deliveries: Sequence[Delivery], verdict: Verdict
+) -> None:
+    """Pub/sub is at most once, in order: a subscriber never gets a message nobody
+    published, never one twice, and gets a publisher's acknowledged messages in the order
+    they were published (one that failed may still arrive, late, and is not judged)."""
+    sent = {(p.publisher, p.seq): p.acked for p in publishes}
+    seen: set[tuple[str, str, int]] = set()
+    last: dict[tuple[str, str], int] = {}
+    for delivery in deliveries:
+        promise = "pub/sub at most once, in order"
+        verdict.checked[promise] += 1
+        acked = sent.get((delivery.publisher, delivery.seq))
+        where = f"{delivery.subscriber} got {delivery.publisher}'s #{delivery.seq}"
+        if acked is None:
+            verdict.breach(promise, f"{where}, never published")
+        elif (delivery.subscriber, delivery.publisher, delivery.seq) in seen:
+            verdict.breach(promise, f"{where} twice")
+        elif acked:
+            stream = (delivery.subscriber, delivery.publisher)
+            if last.get(stream, -1) > delivery.seq:
+                verdict.breach(promise, f"{where} after #{last[stream]}")
+            last[stream] = delivery.seq
+        seen.add((delivery.subscriber, delivery.publisher, delivery.seq))
+    verdict.figures["pub/sub messages delivered / published"] = (
+        f"{len(deliveries)} / {len(publishes)} (two subscribers)"
+    )
 
 
 def check_no_internal_errors(history: History, verdict: Verdict) -> None:

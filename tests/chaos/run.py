@@ -30,9 +30,11 @@ from ..topologies import TcpRedis, free_port
 from .history import (
     CacheRead,
     CacheWrite,
+    Delivery,
     Departure,
     History,
     LockHold,
+    Publish,
     RateHit,
     SessionLife,
     SessionRead,
@@ -41,6 +43,7 @@ from .history import (
 )
 
 ROOM = "chaos-room"
+NEWS = "chaos-news"
 LOCK = "chaos-lock"
 BLOCKER = "chaos-blocker"
 CACHE_KEYS = [f"chaos-k{i}" for i in range(4)]
@@ -218,6 +221,8 @@ class ChaosRun:
                 Worker(self, node, self.rate_step),
                 Worker(self, node, self.session_steps(node, other)),
                 Worker(self, node, self.resident_step(node)),
+                Worker(self, node, self.publish_step(node)),
+                Worker(self, node, self.subscribe_step(node)),
             ]
         for worker in workers:
             worker.start()
@@ -351,6 +356,44 @@ class ChaosRun:
 
         return step
 
+    def publish_step(self, node: Node) -> Callable[[BlockingClient], None]:
+        numbers = iter(range(1 << 62))
+
+        def step(client: BlockingClient) -> None:
+            seq = next(numbers)
+            acked = False
+            try:
+                message = {"from": node.name, "seq": seq}
+                client.call("pubsub.publish", {"channel": NEWS, "message": message})
+                acked = True
+                self.recorder.outcome("ok")
+            finally:
+                self.history.publishes.append(Publish(node.name, seq, acked))
+            self.stopping.wait(0.01)
+
+        return step
+
+    def subscribe_step(self, node: Node) -> Callable[[BlockingClient], None]:
+        """Subscribes once per connection (a new connection, after its sidecar restarted,
+        subscribes again), then records what arrives."""
+        subscribed: list[BlockingClient | None] = [None]
+
+        def step(client: BlockingClient) -> None:
+            try:
+                if subscribed[0] is not client or not client.connected:
+                    client.call("pubsub.subscribe", {"channel": NEWS})
+                    subscribed[0] = client
+                    self.recorder.outcome("ok")
+                note = client.next_notification(timeout=0.2)
+            except MadsidecarError:
+                subscribed[0] = None
+                raise
+            if note is not None and note.name == "pubsub.message":
+                message = note.payload["message"]
+                self.history.deliveries.append(Delivery(node.name, message["from"], message["seq"]))
+
+        return step
+
     # -- faults ------------------------------------------------------------------------
 
     def pick_fault(self) -> str:
@@ -481,7 +524,7 @@ class ChaosRun:
 
 def render(run: ChaosRun, verdict: Verdict, seconds: float) -> str:
     history = run.history
-    lines = [f"chaos run: {seconds:.0f} s, 2 sidecars, 14 client threads, seed shown above", ""]
+    lines = [f"chaos run: {seconds:.0f} s, 2 sidecars, 18 client threads, seed shown above", ""]
     lines.append("faults injected")
     for fault in FAULTS:
         lines.append(f"  {fault:<28} {run.faults[fault]:>8}")
