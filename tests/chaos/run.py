@@ -131,7 +131,8 @@ class Worker(threading.Thread):
 class ChaosRun:
     def __init__(self, seconds: float, seed: int, progress: Callable[[str], None]) -> None:
         self.seconds = seconds
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # the clients' choices (several threads draw)
+        self.fault_rng = random.Random(seed)  # the faults', drawn by one thread: replayable
         self.progress = progress
         self.recorder = Recorder()
         self.stopping = threading.Event()
@@ -194,7 +195,7 @@ class ChaosRun:
             next_report = now() + 10
             while now() < deadline:
                 self.inject(self.pick_fault())
-                self.stopping.wait(self.rng.uniform(1.0, 2.5))
+                self.stopping.wait(self.fault_rng.uniform(1.0, 2.5))
                 if now() >= next_report:
                     next_report += 10
                     self.progress(self.summary_line(deadline))
@@ -401,7 +402,7 @@ class ChaosRun:
         choices = [f for f in FAULTS if not (busy and f == "sidecar_restart")]
         # Every kind early on, so even a short run has each at least once.
         missing = [f for f in choices if self.faults[f] == 0]
-        return missing[0] if missing else self.rng.choice(choices)
+        return missing[0] if missing else self.fault_rng.choice(choices)
 
     def inject(self, fault: str) -> None:
         self.faults[fault] += 1
@@ -412,13 +413,13 @@ class ChaosRun:
     def fault_redis_restart(self) -> str:
         down_at = now()
         self.redis.kill()
-        self.stopping.wait(self.rng.uniform(0.3, 1.5))
+        self.stopping.wait(self.fault_rng.uniform(0.3, 1.5))
         self.redis.start()
         self.history.outages.append((down_at, now()))
         return f"back at {now():.3f}"
 
     def fault_sidecar_restart(self) -> str:
-        victim = self.rng.choice(self.nodes)
+        victim = self.fault_rng.choice(self.nodes)
         witness = self.nodes[1] if victim is self.nodes[0] else self.nodes[0]
         ref = self.residents.get(victim.name)
         victim.up.clear()
@@ -429,13 +430,13 @@ class ChaosRun:
         if ref is not None:
             bound = (NODE_TIMEOUT_MS + SWEEP_MS) / 1000 + CLIENT_LEAVE_BOUND_S
             self.watch_presence(witness, f"entry of dead node {victim.name}", ref, gone_at, bound)
-        self.stopping.wait(self.rng.uniform(0.2, 1.0))
+        self.stopping.wait(self.fault_rng.uniform(0.2, 1.0))
         victim.sidecar.start()
         victim.up.set()
         return f"{victim.name} back at {now():.3f}"
 
     def fault_client_kill(self) -> None:
-        node = self.rng.choice(self.nodes)
+        node = self.fault_rng.choice(self.nodes)
         witness = self.nodes[1] if node is self.nodes[0] else self.nodes[0]
         number = self.faults["client_kill"]
         lock = f"chaos-crash-{number}"
@@ -460,13 +461,13 @@ class ChaosRun:
         self.watch_lock(witness, lock, gone_at)
 
     def fault_latency(self) -> None:
-        self.tell_proxy(f"delay {self.rng.choice([20, 50, 100])}")
-        self.stopping.wait(self.rng.uniform(1.0, 2.0))
+        self.tell_proxy(f"delay {self.fault_rng.choice([20, 50, 100])}")
+        self.stopping.wait(self.fault_rng.uniform(1.0, 2.0))
         self.tell_proxy("normal")
 
     def fault_stall(self) -> None:
         # Longer than redis_timeout_ms (500) half of the time: requests must time out, not hang.
-        self.tell_proxy(f"stall {self.rng.choice([300, 800])}")
+        self.tell_proxy(f"stall {self.fault_rng.choice([300, 800])}")
 
     # -- watching departures -----------------------------------------------------------
 
