@@ -71,6 +71,25 @@ class Loaded:
             10,
         )
 
+    def assert_served(self, call_bound_s: float) -> None:
+        """No call failed with anything but UNAVAILABLE, none took longer than the bound."""
+        for load in self.loads:
+            assert load.failures == [], load.failures
+            assert load.longest_s <= call_bound_s, f"a call took {load.longest_s:.2f} s"
+
+    def assert_kept(self, recovered_at: float, *sidecars: SidecarProcess) -> None:
+        """Every write acknowledged after `recovered_at` reads back, on every node."""
+        clients = [sidecar.client() for sidecar in sidecars]
+        try:
+            for load in self.loads:
+                for key, (value, at) in load.acked.items():
+                    if at > recovered_at:
+                        for client in clients:
+                            assert client.call("cache.get", {"key": key})["value"] == value
+        finally:
+            for client in clients:
+                client.close()
+
     def stop(self) -> None:
         for load in self.loads:
             load.stop.set()

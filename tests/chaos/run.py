@@ -93,7 +93,6 @@ class Node:
                 "--log-format", "json",
             ],
         )  # fmt: skip
-        self.up = threading.Event()
 
     @property
     def socket(self) -> str:
@@ -166,7 +165,6 @@ class ChaosRun:
             assert self.proxy.stdout is not None and self.proxy.stdout.readline() == "ready\n"
             for node in self.nodes:
                 node.sidecar.start()
-                node.up.set()
             yield
         finally:
             self.stopping.set()
@@ -422,7 +420,6 @@ class ChaosRun:
         victim = self.fault_rng.choice(self.nodes)
         witness = self.nodes[1] if victim is self.nodes[0] else self.nodes[0]
         ref = self.residents.get(victim.name)
-        victim.up.clear()
         gone_at = now()
         victim.sidecar.process.kill()  # type: ignore[union-attr]
         victim.sidecar.process.wait()  # type: ignore[union-attr]
@@ -432,7 +429,6 @@ class ChaosRun:
             self.watch_presence(witness, f"entry of dead node {victim.name}", ref, gone_at, bound)
         self.stopping.wait(self.fault_rng.uniform(0.2, 1.0))
         victim.sidecar.start()
-        victim.up.set()
         return f"{victim.name} back at {now():.3f}"
 
     def fault_client_kill(self) -> None:
