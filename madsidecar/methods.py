@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -109,6 +109,11 @@ _CHECKS: Final[dict[str, Callable[[Any], str | None]]] = {
     "any": _check_any,
 }
 
+_WIDE: Final = 1 << 64
+
+# Kinds whose check is a type test, decided inline by `Method.bind`.
+_PLAIN_TYPES: Final[dict[str, type]] = {"int": int, "bool": bool, "str": str, "map": dict}
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -123,6 +128,14 @@ class Arg:
     required: bool = field(init=False, repr=False)
     bounded: bool = field(init=False, repr=False)
     _kind_check: Callable[[Any], str | None] = field(init=False, repr=False, compare=False)
+    # The exact type a value of this kind has, when the check is only that (else None):
+    # `Method.bind` then accepts a value without calling `check`.
+    plain_type: type | None = field(init=False, repr=False, compare=False)
+    # A name short enough that its length in characters proves it fits.
+    _short_name_chars: int = field(init=False, repr=False, compare=False)
+    # The bounds as plain ints (wide sentinels when unbounded on a side).
+    _low: int = field(init=False, repr=False, compare=False)
+    _high: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in _CHECKS:
@@ -130,6 +143,27 @@ class Arg:
         object.__setattr__(self, "_kind_check", _CHECKS[self.kind])
         object.__setattr__(self, "required", self.default is _MISSING)
         object.__setattr__(self, "bounded", self.minimum is not None or self.maximum is not None)
+        object.__setattr__(self, "plain_type", _PLAIN_TYPES.get(self.kind))
+        object.__setattr__(
+            self, "_short_name_chars", MAX_NAME_BYTES // 4 if self.kind == "name" else 0
+        )
+        object.__setattr__(self, "_low", -_WIDE if self.minimum is None else self.minimum)
+        object.__setattr__(self, "_high", _WIDE if self.maximum is None else self.maximum)
+
+    def accepts_at_once(self, value: Any) -> bool:
+        """True when `value` surely passes `check` (the common case, decided cheaply);
+        False when `check` must decide."""
+        kind = self.plain_type
+        if kind is not None:
+            if type(value) is not kind:
+                return False
+            if not self.bounded:
+                return True
+            number = cast(int, value)  # bounded kinds are "int"
+            return self._low <= number <= self._high
+        if self._short_name_chars:
+            return type(value) is str and 0 < len(value) <= self._short_name_chars
+        return self.kind == "any"
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -172,19 +206,24 @@ class Method:
     group: str = ""
     is_async: bool = field(init=False)
     _by_name: Mapping[str, Arg] = field(init=False, repr=False)
+    _args: tuple[Arg, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.group:
             object.__setattr__(self, "group", self.name.split(".", 1)[0])
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
         object.__setattr__(self, "_by_name", {arg.name: arg for arg in self.args})
+        object.__setattr__(self, "_args", tuple(self.args))
 
     def describe(self) -> dict[str, Any]:
         """This method as plain data: its name and its arguments in canonical order."""
         return {"name": self.name, "group": self.group, "args": [a.describe() for a in self.args]}
 
     def bind(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Validate `given`, fill defaults; `BadRequest` naming the first bad argument."""
+        """Validate `given`, fill defaults; `BadRequest` naming the first bad argument.
+
+        The defaults are filled into `given` itself, which the caller hands over (a map
+        decoded for this request): no second map per request."""
         if not given and not self.args:
             return given
         if not self._by_name.keys() >= given.keys():
@@ -195,20 +234,17 @@ class Method:
                         f"{self.name}: unknown argument {quoted(name)}",
                         argument=name if short else quoted(name),
                     )
-        bound: dict[str, Any] = {}
-        for arg in self.args:
+        for arg in self._args:
             value = given.get(arg.name, _MISSING)
-            required = arg.required
-            if value is _MISSING or (value is None and not required):
-                if required:
+            if value is _MISSING or (value is None and not arg.required):
+                if arg.required:
                     raise BadRequest(
                         f"{self.name}: missing required argument '{arg.name}'", argument=arg.name
                     )
-                bound[arg.name] = arg.default
-                continue
-            arg.check(self.name, value)
-            bound[arg.name] = value
-        return bound
+                given[arg.name] = arg.default
+            elif not arg.accepts_at_once(value):
+                arg.check(self.name, value)
+        return given
 
 
 class Capability(Protocol):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from ..deferred import Deferred
@@ -65,6 +66,14 @@ def _attempt(reply: list[int]) -> Attempt:
     return Attempt(bool(ok), int(fence), int(ttl))
 
 
+def _then_attempt(then: Callable[[Attempt], Any], reply: list[int]) -> Any:
+    return then(_attempt(reply))
+
+
+def _then_bool(then: Callable[[bool], Any], reply: int) -> Any:
+    return then(bool(reply))
+
+
 def drift_ms(ttl_ms: int) -> float:
     """redis.io's allowance for clock drift between the masters and us."""
     return ttl_ms * 0.01 + 2
@@ -85,6 +94,30 @@ class SingleRedis:
         keys = [key, fence_key(key), waiters_key(key)]
         script = self._scripts["acquire"]
         return script.call(gateway, keys, [token, ttl_ms, waiting_ms]).map(_attempt)
+
+    def try_acquire(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        then: Callable[[Attempt], Any],
+        abandoned: Callable[[], object],
+    ) -> Deferred:
+        """`acquire(...)` (not waiting) with the attempt handed straight to `then`: one
+        layer for the request path's common case."""
+        keys = [key, fence_key(key), waiters_key(key)]
+        return self._scripts["acquire"].call_then(
+            self._gateway, keys, [token, ttl_ms, 0], partial(_then_attempt, then), None, abandoned
+        )
+
+    def release_then(self, key: str, token: str, then: Callable[[bool], Any]) -> Deferred:
+        """`release(...)` with whether it released handed straight to `then`."""
+        return self._scripts["release"].call_then(
+            self._gateway,
+            [key, waiters_key(key)],
+            [token, self._channel],
+            partial(_then_bool, then),
+        )
 
     def release(self, key: str, token: str) -> Deferred:
         return (

@@ -100,10 +100,13 @@ class Locks(CapabilityBase):
         self._gateway = gateway
         self._keys = LockKeys(config.key_prefix)
         self._masters = [RedisGateway(redis_settings(config, url)) for url in quorum_urls(config)]
+        # The single Redis again, when it is the backend: its calls that hand the reply
+        # straight on serve the request path.
+        self._single = None if self._masters else SingleRedis(gateway, self._keys.channel)
         self._backend: LockBackend = (
             Redlock(self._masters, gateway, self._keys.channel)
-            if self._masters
-            else SingleRedis(gateway, self._keys.channel)
+            if self._single is None
+            else self._single
         )
         self._feed = RedisFeed(
             gateway, self, channels=(self._keys.channel,), name="madsidecar-lock-wakeups"
@@ -197,11 +200,11 @@ class Locks(CapabilityBase):
         # A try: one attempt, no queue, nothing to wake.
         started = time.monotonic()
         token = self._tokens.next()
-        return then_do(
-            self._backend.acquire(key, token, args["ttl_ms"]),
-            partial(self._tried, client, key, args, token, started),
-            partial(self._undo_attempt, key, token),
-        )
+        tried = partial(self._tried, client, key, args, token, started)
+        undo = partial(self._undo_attempt, key, token)
+        if self._single is not None:
+            return self._single.try_acquire(key, token, args["ttl_ms"], tried, undo)
+        return then_do(self._backend.acquire(key, token, args["ttl_ms"]), tried, undo)
 
     def _tried(
         self,
@@ -324,10 +327,11 @@ class Locks(CapabilityBase):
 
     def release(self, client: Client, args: dict[str, Any]) -> Answer:
         key = self._keys.lock(client.namespace, args["name"])
-        return then_do(
-            self._backend.release(key, args["token"]),
-            partial(self._released, client, key, args["token"]),
-        )
+        token = args["token"]
+        released = partial(self._released, client, key, token)
+        if self._single is not None:
+            return self._single.release_then(key, token, released)
+        return then_do(self._backend.release(key, token), released)
 
     def _released(self, client: Client, key: str, token: str, released: bool) -> dict[str, Any]:
         # Forgotten only now: had Redis not answered, the lease would still be renewed,

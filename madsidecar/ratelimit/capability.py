@@ -49,7 +49,8 @@ MAX_CHECKS: Final = 64
 DEGRADED_RETRY_MS: Final = 1000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: mypyc compiles a plain dataclass's __init__, and one is made per check.
+@dataclass(slots=True)
 class Check:
     """One limit to test: a counter in Redis and how to decide on it."""
 
@@ -320,8 +321,7 @@ class RateLimits(CapabilityBase):
         argv: list[Any] = ["hit" if consume else "peek"]
         for check in checks:
             argv.extend(check.script_args())
-        deferred = self._check_script.call(self._gateway, [check.counter for check in checks], argv)
-        self._watch(deferred.pending)
+        counters = [check.counter for check in checks]
         generation = self._generation
 
         def decided(reply: list[int]) -> Any:
@@ -332,7 +332,9 @@ class RateLimits(CapabilityBase):
             results = self._degraded(checks, consume, error)
             return results[0] if single else _many(results)
 
-        return deferred.map(decided).recover(degraded)
+        deferred = self._check_script.call_then(self._gateway, counters, argv, decided, degraded)
+        self._watch(deferred.pending)
+        return deferred
 
     async def _hit_across_slots(self, checks: Sequence[Check]) -> dict[str, Any]:
         by_slot: dict[int, list[int]] = {}
