@@ -29,12 +29,7 @@ class LuaScript:
         self, gateway: RedisGateway, keys: Sequence[str], args: Sequence[Any] = ()
     ) -> Deferred:
         """The script's reply, as a `Deferred` (awaitable)."""
-        tail = (len(keys), *keys, *args)
-        return Deferred(
-            gateway.execute("EVALSHA", self.sha, *tail),
-            _reply,
-            partial(self._fallback, gateway, tail),
-        )
+        return self.call_then(gateway, keys, args, _reply)
 
     def call_then(
         self,
@@ -52,7 +47,7 @@ class LuaScript:
         return Deferred(
             gateway.execute("EVALSHA", self.sha, *tail),
             then,
-            partial(self._fallback_then, gateway, tail, then, on_error, abandoned),
+            partial(self._fallback, gateway, tail, then, on_error, abandoned),
             abandoned,
         )
 
@@ -61,12 +56,7 @@ class LuaScript:
     ) -> Any:
         return await self.call(gateway, keys, args)
 
-    def _fallback(self, gateway: RedisGateway, tail: tuple[Any, ...], error: BaseException) -> Any:
-        if isinstance(error, RedisCommandError) and error.reply_code == "NOSCRIPT":
-            return Deferred(gateway.execute("EVAL", self.source, *tail), _reply)
-        raise error
-
-    def _fallback_then(
+    def _fallback(
         self,
         gateway: RedisGateway,
         tail: tuple[Any, ...],

@@ -31,11 +31,8 @@ Nodes = tuple[SidecarProcess, SidecarProcess]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterTopology]:
-    topology = ClusterTopology().start()
-    try:
+    with ClusterTopology() as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +49,8 @@ def nodes(cluster: ClusterTopology) -> Iterator[Nodes]:
 @pytest.fixture
 def fresh_cluster() -> Iterator[ClusterTopology]:
     """A cluster of its own, for tests that kill or reshard it."""
-    topology = ClusterTopology().start()
-    try:
+    with ClusterTopology() as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 def masters_of(cluster: ClusterTopology, keys: list[str]) -> set[int]:

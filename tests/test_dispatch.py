@@ -196,3 +196,38 @@ async def test_a_result_over_max_frame_bytes_is_refused_not_sent(
         with pytest.raises(BadRequestError, match="exceeds max_frame_bytes"):
             await client.call("test.big", {"size": 70_000})
         assert await client.call("test.op", {"key": "k"}) is None
+
+
+def test_arguments_accepted_inline_always_pass_the_full_check() -> None:
+    """`Method.bind` skips an argument's check for common values: every value it lets
+    through that way must be one the check accepts, for every argument of every method."""
+    from madsidecar.app import build_capabilities
+    from madsidecar.config import MAX_NAME_BYTES
+    from madsidecar.redis_gateway import RedisGateway, redis_settings
+
+    config = Config()
+    gateway = RedisGateway(redis_settings(config, "unix:///nonexistent"))
+    server = Server(config, MethodTable(), [])
+    methods = [
+        method
+        for capability in build_capabilities(config, gateway, server, dict, embedded_redis=False)
+        for method in capability.methods()
+    ]
+    values: list[Any] = [
+        None, True, False, 0, 1, -1, 9, 10, 64, 65, 2**40, 2**40 + 1, 2**64, -(2**64), 1.5,
+        "", "a", "é" * (MAX_NAME_BYTES // 4), "é" * (MAX_NAME_BYTES // 2 + 1),
+        "x" * (MAX_NAME_BYTES + 1), b"bytes", [], ["a"], {}, {"k": 1},
+    ]  # fmt: skip
+    values += [
+        bound for method in methods for arg in method.args
+        for bound in (arg.minimum, arg.maximum) if bound is not None
+        for bound in (bound - 1, bound, bound + 1)
+    ]  # fmt: skip
+    accepted = 0
+    for method in methods:
+        for arg in method.args:
+            for value in values:
+                if arg.accepts_at_once(value):
+                    accepted += 1
+                    arg.check(method.name, value)  # raises BadRequest if it slipped through
+    assert accepted > 0

@@ -237,6 +237,24 @@ def test_hit_many_is_all_or_nothing(sidecar: SidecarProcess) -> None:
             client.call("ratelimit.hit_many", {"checks": []})
 
 
+def test_scripts_forgotten_by_redis_are_sent_again_not_degraded(
+    sidecar: SidecarProcess, direct: redis.Redis
+) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the check still runs in Redis, exactly: the
+    sidecar sends the script itself once EVALSHA says NOSCRIPT, and never takes that for
+    Redis being down (a degraded decision)."""
+    with sidecar.client() as client:
+        for algorithm in ALGORITHMS:
+            for remaining in (2, 1, 0):
+                direct.script_flush()
+                got = hit(client, f"flushed-{algorithm}", algorithm=algorithm)
+                assert got["allowed"] and got["remaining"] == remaining, got
+                assert "degraded" not in got or got["degraded"] is False
+            direct.script_flush()
+            denied = hit(client, f"flushed-{algorithm}", algorithm=algorithm)
+            assert not denied["allowed"] and denied.get("degraded", False) is False
+
+
 def test_peek_consumes_nothing(sidecar: SidecarProcess) -> None:
     with sidecar.client() as client:
         for algorithm in ALGORITHMS:

@@ -29,11 +29,8 @@ def test_sentinel_urls_parse() -> None:
 
 @pytest.fixture
 def topology() -> Iterator[SentinelTopology]:
-    topology = SentinelTopology().start()
-    try:
+    with SentinelTopology() as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 def writes_ok(sidecar: SidecarProcess) -> bool:

@@ -131,6 +131,12 @@ class SentinelTopology:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{SERVICE}"
 
+    def __enter__(self) -> SentinelTopology:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self) -> SentinelTopology:
         try:
             self.master.start()
@@ -217,6 +223,12 @@ class ClusterTopology:
         """Every node, the masters first (after start): a client needs one to answer."""
         hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
         return f"redis+cluster://{hosts}"
+
+    def __enter__(self) -> ClusterTopology:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> ClusterTopology:
         try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from ..deferred import Deferred
+from ..deferred import Deferred, then_do
 from ..errors import Unavailable
 from ..redis_gateway import RedisGateway
 from ..redis_scripts import LuaScript
@@ -48,6 +48,24 @@ class LockBackend(Protocol):
 
     def release(self, key: str, token: str) -> Awaitable[bool]: ...
 
+    def try_acquire(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        then: Callable[[Attempt], Any],
+        abandoned: Callable[[], object],
+    ) -> Deferred | Coroutine[Any, Any, Any]:
+        """`then(attempt)` of one attempt that does not wait, as a handler's answer;
+        `abandoned()` if the caller went away meanwhile."""
+        ...
+
+    def release_then(
+        self, key: str, token: str, then: Callable[[bool], Any]
+    ) -> Deferred | Coroutine[Any, Any, Any]:
+        """`then(released)`, as a handler's answer."""
+        ...
+
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool: ...
 
     async def inspect(self, key: str) -> Inspection: ...
@@ -64,6 +82,14 @@ def waiters_key(lock_key: str) -> str:
 def _attempt(reply: list[int]) -> Attempt:
     ok, fence, ttl = reply
     return Attempt(bool(ok), int(fence), int(ttl))
+
+
+def _acquire_keys(key: str) -> list[str]:
+    return [key, fence_key(key), waiters_key(key)]
+
+
+def _same(value: bool) -> bool:
+    return value
 
 
 def _then_attempt(then: Callable[[Attempt], Any], reply: list[int]) -> Any:
@@ -91,9 +117,9 @@ class SingleRedis:
     def _acquire_on(
         self, gateway: RedisGateway, key: str, token: str, ttl_ms: int, waiting_ms: int
     ) -> Deferred:
-        keys = [key, fence_key(key), waiters_key(key)]
-        script = self._scripts["acquire"]
-        return script.call(gateway, keys, [token, ttl_ms, waiting_ms]).map(_attempt)
+        return self._scripts["acquire"].call_then(
+            gateway, _acquire_keys(key), [token, ttl_ms, waiting_ms], _attempt
+        )
 
     def try_acquire(
         self,
@@ -103,27 +129,25 @@ class SingleRedis:
         then: Callable[[Attempt], Any],
         abandoned: Callable[[], object],
     ) -> Deferred:
-        """`acquire(...)` (not waiting) with the attempt handed straight to `then`: one
-        layer for the request path's common case."""
-        keys = [key, fence_key(key), waiters_key(key)]
+        # One layer: the reply goes to `then` as an Attempt, with nothing in between.
         return self._scripts["acquire"].call_then(
-            self._gateway, keys, [token, ttl_ms, 0], partial(_then_attempt, then), None, abandoned
+            self._gateway,
+            _acquire_keys(key),
+            [token, ttl_ms, 0],
+            partial(_then_attempt, then),
+            None,
+            abandoned,
         )
 
+    def release(self, key: str, token: str) -> Deferred:
+        return self.release_then(key, token, _same)
+
     def release_then(self, key: str, token: str, then: Callable[[bool], Any]) -> Deferred:
-        """`release(...)` with whether it released handed straight to `then`."""
         return self._scripts["release"].call_then(
             self._gateway,
             [key, waiters_key(key)],
             [token, self._channel],
             partial(_then_bool, then),
-        )
-
-    def release(self, key: str, token: str) -> Deferred:
-        return (
-            self._scripts["release"]
-            .call(self._gateway, [key, waiters_key(key)], [token, self._channel])
-            .map(bool)
         )
 
     async def acquire_replicated(
@@ -181,9 +205,7 @@ class Redlock:
 
     async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
         started = time.monotonic()
-        replies = await self._on_all(
-            "acquire", [key, fence_key(key), waiters_key(key)], [token, ttl_ms, waiting_ms]
-        )
+        replies = await self._on_all("acquire", _acquire_keys(key), [token, ttl_ms, waiting_ms])
         answered = [r for r in replies if r is not None]
         granted = [r for r in answered if r[0]]
         if len(granted) >= self._quorum:
@@ -201,6 +223,21 @@ class Redlock:
             )
         holders = [int(r[2]) for r in answered if not r[0] and int(r[2]) > 0]
         return Attempt(False, 0, min(holders) if holders else -1)
+
+    def try_acquire(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        then: Callable[[Attempt], Any],
+        abandoned: Callable[[], object],
+    ) -> Deferred | Coroutine[Any, Any, Any]:
+        return then_do(self.acquire(key, token, ttl_ms), then, abandoned)
+
+    def release_then(
+        self, key: str, token: str, then: Callable[[bool], Any]
+    ) -> Deferred | Coroutine[Any, Any, Any]:
+        return then_do(self.release(key, token), then)
 
     async def release(self, key: str, token: str) -> bool:
         replies = await self._on_all("release", [key, waiters_key(key)], [token, self._channel])

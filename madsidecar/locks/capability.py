@@ -100,13 +100,10 @@ class Locks(CapabilityBase):
         self._gateway = gateway
         self._keys = LockKeys(config.key_prefix)
         self._masters = [RedisGateway(redis_settings(config, url)) for url in quorum_urls(config)]
-        # The single Redis again, when it is the backend: its calls that hand the reply
-        # straight on serve the request path.
-        self._single = None if self._masters else SingleRedis(gateway, self._keys.channel)
         self._backend: LockBackend = (
             Redlock(self._masters, gateway, self._keys.channel)
-            if self._single is None
-            else self._single
+            if self._masters
+            else SingleRedis(gateway, self._keys.channel)
         )
         self._feed = RedisFeed(
             gateway, self, channels=(self._keys.channel,), name="madsidecar-lock-wakeups"
@@ -202,9 +199,7 @@ class Locks(CapabilityBase):
         token = self._tokens.next()
         tried = partial(self._tried, client, key, args, token, started)
         undo = partial(self._undo_attempt, key, token)
-        if self._single is not None:
-            return self._single.try_acquire(key, token, args["ttl_ms"], tried, undo)
-        return then_do(self._backend.acquire(key, token, args["ttl_ms"]), tried, undo)
+        return self._backend.try_acquire(key, token, args["ttl_ms"], tried, undo)
 
     def _tried(
         self,
@@ -329,9 +324,7 @@ class Locks(CapabilityBase):
         key = self._keys.lock(client.namespace, args["name"])
         token = args["token"]
         released = partial(self._released, client, key, token)
-        if self._single is not None:
-            return self._single.release_then(key, token, released)
-        return then_do(self._backend.release(key, token), released)
+        return self._backend.release_then(key, token, released)
 
     def _released(self, client: Client, key: str, token: str, released: bool) -> dict[str, Any]:
         # Forgotten only now: had Redis not answered, the lease would still be renewed,
