@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .config import Config, read_redis_password, read_sentinel_password, redact_url
+from .deferred import Reply
 from .errors import SidecarError, Unavailable
 from .redis_urls import is_cluster_url, is_sentinel_url, parse_sentinel_url, uses_tls
 
@@ -148,6 +149,82 @@ def _connection_pool(settings: RedisSettings) -> aioredis.ConnectionPool:
     return SentinelConnectionPool(target.service, sentinels, **options)  # type: ignore[no-untyped-call]
 
 
+class MergedCommand(Protocol):
+    """A kind of command whose calls, queued back to back on a link, go to Redis as one:
+    `command(parts)` is that one command, and its reply is a list with one reply per part,
+    in order (an error reply in the list fails that part alone)."""
+
+    def command(self, parts: list[Any]) -> tuple[Any, ...]: ...
+
+
+# Enough to amortise a command's cost many times over, small enough that one call never
+# holds Redis for long.
+MAX_MERGED_PARTS: Final = 64
+
+
+class _Merged:
+    """The parts of one merged command: answered together, failed together, and each
+    part's future finished with its own reply. Quacks like the future a plain command
+    waits on, so the link's queue, deadlines and failure paths treat both alike."""
+
+    __slots__ = ("futures", "kind", "parts")
+
+    def __init__(self, kind: MergedCommand) -> None:
+        self.kind = kind
+        self.parts: list[Any] = []
+        self.futures: list[Reply] = []
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
+
+    def set_exception(self, error: BaseException) -> None:
+        """Fails every part not answered yet."""
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error)
+
+    def resolve(self, reply: Any) -> bool:
+        """Each part's reply to its future; True if one said the master was demoted."""
+        futures = self.futures
+        if type(reply) is not list or len(reply) != len(futures):
+            self.set_exception(RedisCommandError(f"redis answered a merged command with {reply!r}"))
+            return False
+        demoted = False
+        for part_reply, future in zip(reply, futures, strict=True):
+            if future.done():
+                continue
+            if type(part_reply) is hiredis.ReplyError:
+                error, read_only = _reply_error(part_reply)
+                demoted = demoted or read_only
+                future.set_exception(error)
+            else:
+                future.set_result(part_reply)
+        return demoted
+
+
+def single_part(kind: MergedCommand, whole: asyncio.Future[Any]) -> Reply:
+    """The reply of a `kind` command of one part, sent alone (`whole`): the part's own
+    reply, or its error."""
+    merged = _Merged(kind)
+    part = Reply()
+    merged.futures.append(part)
+
+    def answered(_: asyncio.Future[Any]) -> None:
+        if whole.cancelled():
+            part.set_exception(
+                Unavailable("redis unavailable: the command was cancelled", BACKOFF_MS)
+            )
+            return
+        error = whole.exception()
+        if error is not None:
+            merged.set_exception(error)
+        else:
+            merged.resolve(whole.result())
+
+    whole.add_done_callback(answered)
+    return part
+
+
 class PipelineCounters:
     """How many commands went to Redis, in how many pipelines (writes)."""
 
@@ -185,13 +262,35 @@ class _Link:
         # the oldest, so an answered batch is freed at once rather than at its deadline.
         self._deadlines: collections.deque[tuple[float, _Batch]] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._awaiting_reply: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._awaiting_reply: collections.deque[_Waiter] = collections.deque()
         self.failure: str | None = None
         self.dead = asyncio.Event()
         self._transport.set_protocol(_LinkProtocol(self))
 
     def submit(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(args, future)
+        return future
+
+    def submit_merged(self, kind: MergedCommand, part: Any) -> Reply:
+        """One part of a `kind` command, merged into the command queued just before it if
+        that is one of the same kind: nothing queued in between, so the order of
+        everything on the link stays exactly as submitted."""
+        future = Reply()
+        queue = self._queue
+        merged = queue[-1][1] if queue else None
+        if (
+            type(merged) is not _Merged
+            or merged.kind is not kind
+            or len(merged.parts) >= MAX_MERGED_PARTS
+        ):
+            merged = _Merged(kind)
+            self._enqueue(None, merged)
+        merged.parts.append(part)
+        merged.futures.append(future)
+        return future
+
+    def _enqueue(self, args: tuple[Any, ...] | None, waiter: _Waiter) -> None:
         if not self._queue:
             # Everything submitted in this loop turn goes out as one write.
             self._loop.call_soon(self._flush)
@@ -200,8 +299,7 @@ class _Link:
             self._deadlines.append((self._loop.time() + self._timeout_s, self._queue))
             if self._deadline_timer is None:
                 self._arm_deadline_timer()
-        self._queue.append((args, future))
-        return future
+        self._queue.append((args, waiter))
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
@@ -209,13 +307,17 @@ class _Link:
             return
         chunks = []
         awaiting = self._awaiting_reply
-        for args, future in batch:
+        for args, waiter in batch:
+            if args is None:
+                assert type(waiter) is _Merged
+                args = waiter.kind.command(waiter.parts)
             try:
                 chunks.append(hiredis.pack_command(args))
             except (TypeError, ValueError) as exc:
-                future.set_exception(RedisCommandError(f"cannot send {args[0]!r}: {exc}"))
+                if not waiter.done():
+                    waiter.set_exception(RedisCommandError(f"cannot send {args[0]!r}: {exc}"))
                 continue
-            awaiting.append(future)
+            awaiting.append(waiter)
         self._counters.pipelines += 1
         self._counters.commands += len(chunks)
         try:
@@ -246,20 +348,17 @@ class _Link:
         try:
             parser.feed(data)
             while (reply := parser.gets()) is not False:
-                future = awaiting.popleft()
+                waiter = awaiting.popleft()
                 if type(reply) is hiredis.ReplyError:
-                    command_error = _command_error(reply)
-                    error: SidecarError = command_error
-                    if command_error.reply_code == "READONLY":
-                        demoted = True
-                        error = Unavailable(f"redis unavailable: {READ_ONLY}", BACKOFF_MS)
-                    elif command_error.reply_code in NOT_NOW_REPLIES:
-                        error = Unavailable(f"redis unavailable: {reply}", BACKOFF_MS)
-                    if not future.done():
-                        future.set_exception(error)
-                elif not future.done():
-                    future.set_result(reply)
-                if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is future:
+                    error, read_only = _reply_error(reply)
+                    demoted = demoted or read_only
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                elif type(waiter) is _Merged:
+                    demoted = waiter.resolve(reply) or demoted
+                elif not waiter.done():
+                    cast("asyncio.Future[Any]", waiter).set_result(reply)
+                if deadlines and deadlines[0][1] and deadlines[0][1][-1][1] is waiter:
                     deadlines.popleft()  # the oldest batch has all its replies
         except IndexError:
             self.fail("redis sent a reply nobody asked for")
@@ -279,12 +378,12 @@ class _Link:
         error = Unavailable(
             f"redis unavailable: {reason}", retry_after_ms=int(BACKOFF_FIRST_S * 1000)
         )
-        for future in self._awaiting_reply:
-            if not future.done():
-                future.set_exception(error)
-        for _, future in self._queue:
-            if not future.done():
-                future.set_exception(error)
+        for waiter in self._awaiting_reply:
+            if not waiter.done():
+                waiter.set_exception(error)
+        for _, waiter in self._queue:
+            if not waiter.done():
+                waiter.set_exception(error)
         self._awaiting_reply.clear()
         self._queue.clear()
         self._deadlines.clear()
@@ -319,19 +418,33 @@ def _command_error(reply: hiredis.ReplyError) -> RedisCommandError:
     return RedisCommandError(f"redis error reply: {text}", text.split(" ", 1)[0])
 
 
-_Batch = list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+def _reply_error(reply: hiredis.ReplyError) -> tuple[SidecarError, bool]:
+    """What an error reply means to the caller, and whether it says the master was
+    demoted to a replica."""
+    command_error = _command_error(reply)
+    if command_error.reply_code == "READONLY":
+        return Unavailable(f"redis unavailable: {READ_ONLY}", BACKOFF_MS), True
+    if command_error.reply_code in NOT_NOW_REPLIES:
+        return Unavailable(f"redis unavailable: {reply}", BACKOFF_MS), False
+    return command_error, False
+
+
+# A plain command waits on its future; the parts of a merged command on their _Merged.
+# set_exception on either fails whatever is not done yet.
+_Waiter = asyncio.Future[Any] | _Merged
+_Batch = list[tuple[tuple[Any, ...] | None, _Waiter]]
 
 
 def _expire(batch: _Batch, timeout_s: float) -> None:
     error: Unavailable | None = None
-    for _, future in batch:
-        if not future.done():
+    for _, waiter in batch:
+        if not waiter.done():
             if error is None:
                 error = Unavailable(
                     f"redis did not answer within {int(timeout_s * 1000)} ms",
                     retry_after_ms=int(timeout_s * 1000),
                 )
-            future.set_exception(error)
+            waiter.set_exception(error)
 
 
 class RedisGateway:
@@ -445,6 +558,17 @@ class RedisGateway:
                 return self._cluster.execute(args)
             return self._refused()
         return link.submit(args)
+
+    def execute_merged(self, kind: MergedCommand, part: Any) -> Reply:
+        """One part of a `kind` command: merged with the parts queued just before it on
+        the link (`_Link.submit_merged`); in a cluster, whose parts could lie in different
+        slots, sent alone. The part's own reply either way."""
+        link = self._link
+        if link is None or link.failure is not None:
+            if self._cluster is not None:
+                return single_part(kind, self._cluster.execute(kind.command([part])))
+            return single_part(kind, self._refused())
+        return link.submit_merged(kind, part)
 
     def execute_for(self, key: str, *args: Any) -> asyncio.Future[Any]:
         """`args` where `key` lives: in a cluster, on its slot's master (for commands that

@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Any
 
 from .deferred import Deferred
-from .redis_gateway import RedisCommandError, RedisGateway
+from .redis_gateway import RedisCommandError, RedisGateway, single_part
 
 
 class LuaScript:
@@ -20,10 +20,7 @@ class LuaScript:
 
     @classmethod
     def beside(cls, module_name: str, name: str) -> LuaScript:
-        """The script `name` from the package of the module `module_name` (found through
-        the package, not `__file__`, which a compiled module does not set reliably)."""
-        package = module_name.rpartition(".")[0]
-        return cls(resources.files(package).joinpath(name).read_text(encoding="utf-8"))
+        return cls(source_beside(module_name, name))
 
     def call(
         self, gateway: RedisGateway, keys: Sequence[str], args: Sequence[Any] = ()
@@ -74,3 +71,70 @@ class LuaScript:
 
 def _reply(value: Any) -> Any:
     return value
+
+
+def source_beside(module_name: str, name: str) -> str:
+    """The script `name` from the package of the module `module_name` (found through the
+    package, not `__file__`, which a compiled module does not set reliably)."""
+    package = module_name.rpartition(".")[0]
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+class MergingScript(LuaScript):
+    """A script that runs any number of calls ("parts") in one go, in order: it takes
+    `head` (arguments common to all), then each part's keys and arguments, and answers a
+    list of one reply per part. Calls queued back to back on the link are sent as one
+    EVALSHA, so Redis parses, looks up and sets up the script once for all of them; a
+    call's own reply, or its error, reaches it as if it had been sent alone.
+
+    Which keys and arguments belong to which part is the script's business: each part's
+    arguments must say (an operation name, a count) how many keys it takes."""
+
+    def __init__(self, source: str, head: Sequence[Any] = ()) -> None:
+        super().__init__(source)
+        self._head = tuple(head)
+
+    def command(self, parts: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, *self._tail(parts))
+
+    def call_then(
+        self,
+        gateway: RedisGateway,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        then: Callable[[Any], Any],
+        on_error: Callable[[BaseException], Any] | None = None,
+        abandoned: Callable[[], object] | None = None,
+    ) -> Deferred:
+        part = (keys, args)
+        return Deferred(
+            gateway.execute_merged(self, part),
+            then,
+            partial(self._part_fallback, gateway, part, then, on_error, abandoned),
+            abandoned,
+        )
+
+    def _tail(self, parts: list[Any]) -> tuple[Any, ...]:
+        keys: list[str] = []
+        args = list(self._head)
+        for part_keys, part_args in parts:
+            keys.extend(part_keys)
+            args.extend(part_args)
+        return (len(keys), *keys, *args)
+
+    def _part_fallback(
+        self,
+        gateway: RedisGateway,
+        part: tuple[Sequence[str], Sequence[Any]],
+        then: Callable[[Any], Any],
+        on_error: Callable[[BaseException], Any] | None,
+        abandoned: Callable[[], object] | None,
+        error: BaseException,
+    ) -> Any:
+        if isinstance(error, RedisCommandError) and error.reply_code == "NOSCRIPT":
+            # Sent alone: the parts it was merged with fall back on their own.
+            whole = gateway.execute("EVAL", self.source, *self._tail([part]))
+            return Deferred(single_part(self, whole), then, on_error, abandoned)
+        if on_error is None:
+            raise error
+        return on_error(error)

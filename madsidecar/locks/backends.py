@@ -12,13 +12,17 @@ from typing import Any, Protocol
 from ..deferred import Deferred, then_do
 from ..errors import Unavailable
 from ..redis_gateway import RedisGateway
-from ..redis_scripts import LuaScript
-
-SCRIPTS = ("acquire", "release", "extend", "inspect", "raise_fence")
+from ..redis_scripts import LuaScript, MergingScript, source_beside
 
 
-def load_scripts() -> dict[str, LuaScript]:
-    return {name: LuaScript.beside(__name__, f"{name}.lua") for name in SCRIPTS}
+class LockScripts:
+    """`operations` acquires, releases and extends (consecutive calls merged into one
+    EVALSHA); the other two are rare enough to run alone."""
+
+    def __init__(self, channel: str) -> None:
+        self.operations = MergingScript(source_beside(__name__, "operations.lua"), (channel,))
+        self.inspect = LuaScript.beside(__name__, "inspect.lua")
+        self.raise_fence = LuaScript.beside(__name__, "raise_fence.lua")
 
 
 # Plain (not frozen) dataclasses: mypyc compiles these to native classes, while a
@@ -84,8 +88,25 @@ def _attempt(reply: list[int]) -> Attempt:
     return Attempt(bool(ok), int(fence), int(ttl))
 
 
+# Each operation's keys and arguments in operations.lua.
 def _acquire_keys(key: str) -> list[str]:
     return [key, fence_key(key), waiters_key(key)]
+
+
+def _acquire_args(token: str, ttl_ms: int, waiting_ms: int) -> list[Any]:
+    return ["a", token, ttl_ms, waiting_ms]
+
+
+def _release_keys(key: str) -> list[str]:
+    return [key, waiters_key(key)]
+
+
+def _release_args(token: str) -> list[Any]:
+    return ["r", token]
+
+
+def _extend_args(token: str, ttl_ms: int) -> list[Any]:
+    return ["e", token, ttl_ms]
 
 
 def _same(value: bool) -> bool:
@@ -108,8 +129,7 @@ def drift_ms(ttl_ms: int) -> float:
 class SingleRedis:
     def __init__(self, gateway: RedisGateway, channel: str) -> None:
         self._gateway = gateway
-        self._channel = channel
-        self._scripts = load_scripts()
+        self._scripts = LockScripts(channel)
 
     def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Deferred:
         return self._acquire_on(self._gateway, key, token, ttl_ms, waiting_ms)
@@ -117,8 +137,8 @@ class SingleRedis:
     def _acquire_on(
         self, gateway: RedisGateway, key: str, token: str, ttl_ms: int, waiting_ms: int
     ) -> Deferred:
-        return self._scripts["acquire"].call_then(
-            gateway, _acquire_keys(key), [token, ttl_ms, waiting_ms], _attempt
+        return self._scripts.operations.call_then(
+            gateway, _acquire_keys(key), _acquire_args(token, ttl_ms, waiting_ms), _attempt
         )
 
     def try_acquire(
@@ -130,10 +150,10 @@ class SingleRedis:
         abandoned: Callable[[], object],
     ) -> Deferred:
         # One layer: the reply goes to `then` as an Attempt, with nothing in between.
-        return self._scripts["acquire"].call_then(
+        return self._scripts.operations.call_then(
             self._gateway,
             _acquire_keys(key),
-            [token, ttl_ms, 0],
+            _acquire_args(token, ttl_ms, 0),
             partial(_then_attempt, then),
             None,
             abandoned,
@@ -143,11 +163,8 @@ class SingleRedis:
         return self.release_then(key, token, _same)
 
     def release_then(self, key: str, token: str, then: Callable[[bool], Any]) -> Deferred:
-        return self._scripts["release"].call_then(
-            self._gateway,
-            [key, waiters_key(key)],
-            [token, self._channel],
-            partial(_then_bool, then),
+        return self._scripts.operations.call_then(
+            self._gateway, _release_keys(key), _release_args(token), partial(_then_bool, then)
         )
 
     async def acquire_replicated(
@@ -179,10 +196,11 @@ class SingleRedis:
         return got
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
-        return bool(await self._scripts["extend"].run(self._gateway, [key], [token, ttl_ms]))
+        operations = self._scripts.operations
+        return bool(await operations.run(self._gateway, [key], _extend_args(token, ttl_ms)))
 
     async def inspect(self, key: str) -> Inspection:
-        pttl, fence = await self._scripts["inspect"].run(self._gateway, [key, fence_key(key)])
+        pttl, fence = await self._scripts.inspect.run(self._gateway, [key, fence_key(key)])
         return Inspection(held=int(pttl) != -2, ttl_ms=max(int(pttl), 0), fence=int(fence))
 
 
@@ -201,21 +219,24 @@ class Redlock:
         self._quorum = len(masters) // 2 + 1
         self._wake = wake
         self._channel = channel
-        self._scripts = load_scripts()
+        self._scripts = LockScripts(channel)
 
     async def acquire(self, key: str, token: str, ttl_ms: int, waiting_ms: int = 0) -> Attempt:
         started = time.monotonic()
-        replies = await self._on_all("acquire", _acquire_keys(key), [token, ttl_ms, waiting_ms])
+        operations = self._scripts.operations
+        replies = await self._on_all(
+            operations, _acquire_keys(key), _acquire_args(token, ttl_ms, waiting_ms)
+        )
         answered = [r for r in replies if r is not None]
         granted = [r for r in answered if r[0]]
         if len(granted) >= self._quorum:
             fence = max(int(r[1]) for r in granted)
-            raised = await self._on_all("raise_fence", [fence_key(key)], [fence])
+            raised = await self._on_all(self._scripts.raise_fence, [fence_key(key)], [fence])
             validity = int(ttl_ms - (time.monotonic() - started) * 1000 - drift_ms(ttl_ms))
             if sum(r is not None for r in raised) >= self._quorum and validity > 0:
                 return Attempt(True, fence, validity)
         # Not acquired: undo everywhere (a master that did not answer may have granted).
-        await self._on_all("release", [key, waiters_key(key)], [token, self._channel])
+        await self._on_all(operations, _release_keys(key), _release_args(token))
         if len(answered) < self._quorum:
             raise Unavailable(
                 f"only {len(answered)} of {len(self._masters)} Redlock masters answered",
@@ -240,20 +261,23 @@ class Redlock:
         return then_do(self.release(key, token), then)
 
     async def release(self, key: str, token: str) -> bool:
-        replies = await self._on_all("release", [key, waiters_key(key)], [token, self._channel])
+        replies = await self._on_all(
+            self._scripts.operations, _release_keys(key), _release_args(token)
+        )
         # The masters publish on themselves; the fleet listens on the shared Redis.
         if any(r == 2 for r in replies):
             await self._wake.execute("PUBLISH", self._channel, key)
         return any(bool(r) for r in replies if r is not None)
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
-        replies = await self._on_all("extend", [key], [token, ttl_ms])
+        replies = await self._on_all(self._scripts.operations, [key], _extend_args(token, ttl_ms))
         if sum(r is not None for r in replies) < self._quorum:
             raise Unavailable("fewer than a majority of Redlock masters answered", 50)
         return sum(bool(r) for r in replies if r is not None) >= self._quorum
 
     async def inspect(self, key: str) -> Inspection:
-        replies = [r for r in await self._on_all("inspect", [key, fence_key(key)], []) if r]
+        inspect = self._scripts.inspect
+        replies = [r for r in await self._on_all(inspect, [key, fence_key(key)], []) if r]
         if len(replies) < self._quorum:
             raise Unavailable("fewer than a majority of Redlock masters answered", 50)
         held = [int(r[0]) for r in replies if int(r[0]) != -2]
@@ -263,10 +287,10 @@ class Redlock:
             fence=max(int(r[1]) for r in replies),
         )
 
-    async def _on_all(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+    async def _on_all(self, script: LuaScript, keys: list[str], args: list[Any]) -> list[Any]:
         """The script on every master at once; None where a master did not answer."""
         replies = await asyncio.gather(
-            *(self._scripts[script].run(master, keys, args) for master in self._masters),
+            *(script.run(master, keys, args) for master in self._masters),
             return_exceptions=True,
         )
         return [None if isinstance(reply, BaseException) else reply for reply in replies]

@@ -4,7 +4,9 @@ Every check is one atomic script with Redis's clock; `hit_many` puts all its che
 the same script, so they consume together or not at all. In a Redis Cluster, checks whose
 keys sit in different slots cannot share a script: each slot's checks run as one, and
 when one slot's are denied the others' are given back (refund.lua), so none consumes;
-until the refund lands, the units are briefly held. A denied hit consumes nothing,
+until the refund lands, the units are briefly held. Calls queued back to back on the
+Redis link share one script call (each still decided on its own, in order). A denied hit
+consumes nothing,
 so once Redis says "denied until T" for a key, this node answers further hits of that key
 (of the same cost or more) itself until T: a flood of blocked traffic costs Redis
 nothing, and the answer is still exact. A `ratelimit.reset` anywhere drops those
@@ -35,10 +37,11 @@ from ..config import (
     RateRule,
     rate_limit_problem,
 )
+from ..deferred import Pending
 from ..errors import BadRequest, SidecarError, Unavailable, quoted
 from ..methods import Arg, CapabilityBase, Client, Method
 from ..redis_gateway import RedisGateway
-from ..redis_scripts import LuaScript
+from ..redis_scripts import LuaScript, MergingScript, source_beside
 from .fallback import Decision, LocalCheck, LocalLimiter
 from .keys import ALGORITHM_SUFFIXES, RateKeys
 
@@ -129,7 +132,7 @@ class RateLimits(CapabilityBase):
         self._gateway = gateway
         self._cache = cache
         self._keys = RateKeys(config.key_prefix)
-        self._check_script = LuaScript.beside(__name__, "check.lua")
+        self._check_script = MergingScript(source_beside(__name__, "check.lua"))
         self._reset_script = LuaScript.beside(__name__, "reset.lua")
         self._refund_script = LuaScript.beside(__name__, "refund.lua")
         self._rules: dict[str, RateRule] = {}
@@ -140,7 +143,7 @@ class RateLimits(CapabilityBase):
         # Bumped by every reset anywhere: a denial decided before it is not remembered.
         self._generation = 0
         self._local = LocalLimiter(config.ratelimit_local_max_keys)
-        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._deadlines: collections.deque[tuple[float, Pending]] = collections.deque()
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._degraded_since: float | None = None
@@ -318,10 +321,7 @@ class RateLimits(CapabilityBase):
             slots = {self._gateway.slot_of(check.counter) for check in checks}
             if len(slots) > 1:
                 return self._hit_across_slots(checks)
-        argv: list[Any] = ["hit" if consume else "peek"]
-        for check in checks:
-            argv.extend(check.script_args())
-        counters = [check.counter for check in checks]
+        counters, argv = _script_args(checks, consume)
         generation = self._generation
 
         def decided(reply: list[int]) -> Any:
@@ -343,7 +343,7 @@ class RateLimits(CapabilityBase):
         groups = [[checks[index] for index in indexes] for indexes in by_slot.values()]
         generation = self._generation
         replies = await asyncio.gather(
-            *(self._check_script.call(self._gateway, *_hit_script_args(g)) for g in groups),
+            *(self._check_script.call(self._gateway, *_script_args(g, True)) for g in groups),
             return_exceptions=True,
         )
         failed = next((r for r in replies if isinstance(r, BaseException)), None)
@@ -525,7 +525,7 @@ class RateLimits(CapabilityBase):
 
     # -- Redis slow or down ---------------------------------------------------------------
 
-    def _watch(self, pending: asyncio.Future[Any]) -> None:
+    def _watch(self, pending: Pending) -> None:
         """Give up on `pending` after `ratelimit_timeout_ms`: its check's `on_redis_down`
         answers instead. One timer serves all: every check has the same timeout, so
         deadlines come in the order the checks were sent."""
@@ -596,8 +596,9 @@ def _fixed(check: Check, consume: bool) -> Decision:
     return Decision(False, 0, 0, min(DEGRADED_RETRY_MS, check.window_ms))
 
 
-def _hit_script_args(checks: Sequence[Check]) -> tuple[list[str], list[Any]]:
-    argv: list[Any] = ["hit"]
+def _script_args(checks: Sequence[Check], consume: bool) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of check.lua's group for `checks`."""
+    argv: list[Any] = ["hit" if consume else "peek", len(checks)]
     for check in checks:
         argv.extend(check.script_args())
     return [check.counter for check in checks], argv

@@ -1,134 +1,162 @@
--- ratelimit.hit, hit_many and peek: every check decided at once, on Redis's clock, and
--- all of them consume or none does (a denied hit consumes nothing).
--- KEYS[i]: check i's counter. ARGV[1]: "hit" or "peek"; then five per check:
+-- ratelimit.hit, hit_many and peek, decided on Redis's clock. The sidecar sends the calls
+-- it queued back to back on its link as one (MergingScript): each call is a group of
+-- checks, and the groups run in order, each on its own. Within a group every check is
+-- decided at once, and all of them consume or none does (a denied hit consumes nothing).
+-- ARGV, per group: "hit" or "peek", the number of checks n, then five per check:
 -- algorithm (sw, sc, gc), limit, window ms, cost, shadow (1: never blocks the others).
--- Returns {consumed (0/1), then per check: allowed (0/1), remaining, reset ms, retry ms,
--- then Redis's time in us}.
+-- KEYS: each check's counter, group after group.
+-- Returns one reply per group: {consumed (0/1), then per check: allowed (0/1), remaining,
+-- reset ms, retry ms, then Redis's time in us}.
 -- Times are integer microseconds; every value stays far below 2^53, so doubles are exact.
 -- Written without closures or per-check tables: a script's body runs anew on every call,
 -- and creating them cost more than the Redis commands.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local n = #KEYS
-local pass = true
--- Per check, from the first pass to the second: allowed, units available now, retry
--- (us), and what consuming needs (sw: units in the window; sc: window index and its two
--- counts; gc: the theoretical arrival times before and after).
+local replies = {}
+-- Per check (indexed as KEYS), from the first pass to the second: allowed, units
+-- available now, retry (us), and what consuming needs (sw: units in the window; sc:
+-- window index and its two counts; gc: the theoretical arrival times before and after).
 local allowed, available, retry, a, b, c = {}, {}, {}, {}, {}, {}
 
-for i = 1, n do
-  local at = 1 + (i - 1) * 5
-  local kind, key = ARGV[at + 1], KEYS[i]
-  local limit, window, cost = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
-  local ok, wait = true, 0
-  if kind == 'sw' then
-    -- Exact log: one sorted-set entry per unit, scored by when it was consumed.
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
-    local used = redis.call('ZCARD', key)
-    a[i], available[i] = used, limit - used
-    if used + cost > limit then
-      -- Room once the entry that would leave it leaves the window.
-      local entry = redis.call('ZRANGE', key, used + cost - limit - 1, used + cost - limit - 1, 'WITHSCORES')
-      ok, wait = false, tonumber(entry[2]) + window - now
-    end
-  elseif kind == 'sc' then
-    -- Two fixed windows, the previous one weighted by how much of it the sliding window
-    -- still covers (Cloudflare's counter).
-    local index = math.floor(now / window)
-    local counts = redis.call('HMGET', key, window .. ':' .. index, window .. ':' .. (index - 1))
-    local current, previous = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
-    local elapsed = now - index * window
-    local estimate = previous * (window - elapsed) / window + current
-    a[i], b[i], c[i] = index, current, previous
-    available[i] = math.max(math.floor(limit - estimate), 0)
-    if estimate + cost > limit then
-      ok = false
-      if current + cost <= limit then
-        -- Later in this window, once the previous window's weight has fallen enough.
-        wait = window * (1 - (limit - cost - current) / previous) - elapsed
-      else
-        -- In the next window, once this one's weight has.
-        wait = (index + 1) * window - now + window * (1 - (limit - cost) / current)
+local first, group_at = 1, 1
+while group_at <= #ARGV do
+  local n = tonumber(ARGV[group_at + 1])
+  -- A counter of the wrong type fails its group alone, before anything is consumed
+  -- (redis.pcall hands the error back instead of ending the script).
+  local pass, failure = true, nil
+  for i = first, first + n - 1 do
+    local at = group_at + 1 + (i - first) * 5
+    local kind, key = ARGV[at + 1], KEYS[i]
+    local limit, window, cost = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
+    local ok, wait = true, 0
+    if kind == 'sw' then
+      -- Exact log: one sorted-set entry per unit, scored by when it was consumed.
+      failure = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
+      if type(failure) == 'table' then
+        break
       end
-    end
-  else
-    -- GCRA: the theoretical arrival time of the next unit, one unit every `interval`,
-    -- at most `limit` units ahead of now.
-    local interval = math.floor(window / limit)
-    local tolerance = interval * limit
-    local tat = tonumber(redis.call('GET', key)) or now
-    if tat < now then
-      tat = now
-    end
-    a[i], b[i] = tat, tat + cost * interval
-    available[i] = math.floor((tolerance - (tat - now)) / interval)
-    if b[i] - now > tolerance then
-      ok, wait = false, b[i] - tolerance - now
-    end
-  end
-  allowed[i], retry[i] = ok, wait
-  if not ok and ARGV[at + 5] ~= '1' then
-    pass = false
-  end
-end
-
-local consume = pass and ARGV[1] == 'hit'
-local reply = {consume and 1 or 0}
-for i = 1, n do
-  local at = 1 + (i - 1) * 5
-  local kind, key = ARGV[at + 1], KEYS[i]
-  local window, cost = tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
-  local consumed = consume and allowed[i]
-  local remaining, reset = available[i], 0
-  if consumed then
-    remaining = remaining - cost
-  end
-  if kind == 'sw' then
-    if consumed then
-      -- Members are unique per key: one microsecond never holds the same count twice.
-      local score = string.format('%.0f', now)
-      local first = 1
-      while first <= cost do
-        local args, last = {}, math.min(cost, first + 999)
-        for unit = first, last do
-          args[#args + 1] = score
-          args[#args + 1] = score .. ':' .. (a[i] + unit)
+      failure = nil
+      local used = redis.call('ZCARD', key)
+      a[i], available[i] = used, limit - used
+      if used + cost > limit then
+        -- Room once the entry that would leave it leaves the window.
+        local entry = redis.call('ZRANGE', key, used + cost - limit - 1, used + cost - limit - 1, 'WITHSCORES')
+        ok, wait = false, tonumber(entry[2]) + window - now
+      end
+    elseif kind == 'sc' then
+      -- Two fixed windows, the previous one weighted by how much of it the sliding window
+      -- still covers (Cloudflare's counter).
+      local index = math.floor(now / window)
+      local counts = redis.pcall('HMGET', key, window .. ':' .. index, window .. ':' .. (index - 1))
+      if counts.err then
+        failure = counts
+        break
+      end
+      local current, previous = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
+      local elapsed = now - index * window
+      local estimate = previous * (window - elapsed) / window + current
+      a[i], b[i], c[i] = index, current, previous
+      available[i] = math.max(math.floor(limit - estimate), 0)
+      if estimate + cost > limit then
+        ok = false
+        if current + cost <= limit then
+          -- Later in this window, once the previous window's weight has fallen enough.
+          wait = window * (1 - (limit - cost - current) / previous) - elapsed
+        else
+          -- In the next window, once this one's weight has.
+          wait = (index + 1) * window - now + window * (1 - (limit - cost) / current)
         end
-        redis.call('ZADD', key, unpack(args))
-        first = last + 1
       end
-      redis.call('PEXPIRE', key, math.ceil(window / 1000))
-      reset = window
-    elseif a[i] > 0 then
-      local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-      reset = tonumber(newest[2]) + window - now
+    else
+      -- GCRA: the theoretical arrival time of the next unit, one unit every `interval`,
+      -- at most `limit` units ahead of now.
+      local interval = math.floor(window / limit)
+      local tolerance = interval * limit
+      local stored = redis.pcall('GET', key)
+      if type(stored) == 'table' then
+        failure = stored
+        break
+      end
+      local tat = tonumber(stored) or now
+      if tat < now then
+        tat = now
+      end
+      a[i], b[i] = tat, tat + cost * interval
+      available[i] = math.floor((tolerance - (tat - now)) / interval)
+      if b[i] - now > tolerance then
+        ok, wait = false, b[i] - tolerance - now
+      end
     end
-  elseif kind == 'sc' then
-    local current = b[i]
-    if consumed then
-      redis.call('HINCRBY', key, window .. ':' .. a[i], cost)
-      redis.call('HDEL', key, window .. ':' .. (a[i] - 2))
-      redis.call('PEXPIRE', key, math.ceil(2 * window / 1000))
-      current = current + cost
+    allowed[i], retry[i] = ok, wait
+    if not ok and ARGV[at + 5] ~= '1' then
+      pass = false
     end
-    if current > 0 then
-      reset = (a[i] + 2) * window - now
-    elseif c[i] > 0 then
-      reset = (a[i] + 1) * window - now
-    end
-  else
-    local tat = a[i]
-    if consumed then
-      tat = b[i]
-      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.max(math.ceil((tat - now) / 1000), 1))
-    end
-    reset = tat - now
   end
-  reply[#reply + 1] = allowed[i] and 1 or 0
-  reply[#reply + 1] = math.max(remaining, 0)
-  reply[#reply + 1] = reset > 0 and math.ceil(reset / 1000) or 0
-  reply[#reply + 1] = retry[i] > 0 and math.ceil(retry[i] / 1000) or 0
+
+  if failure then
+    replies[#replies + 1] = failure
+  else
+    local consume = pass and ARGV[group_at] == 'hit'
+    local reply = {consume and 1 or 0}
+    for i = first, first + n - 1 do
+      local at = group_at + 1 + (i - first) * 5
+      local kind, key = ARGV[at + 1], KEYS[i]
+      local window, cost = tonumber(ARGV[at + 3]) * 1000, tonumber(ARGV[at + 4])
+      local consumed = consume and allowed[i]
+      local remaining, reset = available[i], 0
+      if consumed then
+        remaining = remaining - cost
+      end
+      if kind == 'sw' then
+        if consumed then
+          -- Members are unique per key: one microsecond never holds the same count twice.
+          local score = string.format('%.0f', now)
+          local from = 1
+          while from <= cost do
+            local args, last = {}, math.min(cost, from + 999)
+            for unit = from, last do
+              args[#args + 1] = score
+              args[#args + 1] = score .. ':' .. (a[i] + unit)
+            end
+            redis.call('ZADD', key, unpack(args))
+            from = last + 1
+          end
+          redis.call('PEXPIRE', key, math.ceil(window / 1000))
+          reset = window
+        elseif a[i] > 0 then
+          local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+          reset = tonumber(newest[2]) + window - now
+        end
+      elseif kind == 'sc' then
+        local current = b[i]
+        if consumed then
+          redis.call('HINCRBY', key, window .. ':' .. a[i], cost)
+          redis.call('HDEL', key, window .. ':' .. (a[i] - 2))
+          redis.call('PEXPIRE', key, math.ceil(2 * window / 1000))
+          current = current + cost
+        end
+        if current > 0 then
+          reset = (a[i] + 2) * window - now
+        elseif c[i] > 0 then
+          reset = (a[i] + 1) * window - now
+        end
+      else
+        local tat = a[i]
+        if consumed then
+          tat = b[i]
+          redis.call('SET', key, string.format('%.0f', tat), 'PX', math.max(math.ceil((tat - now) / 1000), 1))
+        end
+        reset = tat - now
+      end
+      reply[#reply + 1] = allowed[i] and 1 or 0
+      reply[#reply + 1] = math.max(remaining, 0)
+      reply[#reply + 1] = reset > 0 and math.ceil(reset / 1000) or 0
+      reply[#reply + 1] = retry[i] > 0 and math.ceil(retry[i] / 1000) or 0
+    end
+    -- The time of the hit, which a cross-slot hit_many needs to undo it (refund.lua).
+    reply[#reply + 1] = now
+    replies[#replies + 1] = reply
+  end
+  first, group_at = first + n, group_at + 2 + n * 5
 end
--- The time of the hit, which a cross-slot hit_many needs to undo it (refund.lua).
-reply[#reply + 1] = now
-return reply
+return replies
