@@ -15,13 +15,15 @@ class Reply:
     loop turn: about 160 ns a reply against 440. A callback that raises is reported to
     the loop's exception handler, as a future's would be, and the others still run."""
 
-    __slots__ = ("_callbacks", "_done", "_error", "_result")
+    __slots__ = ("_callback", "_done", "_error", "_more", "_result")
 
     def __init__(self) -> None:
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._callbacks: list[Callable[[Reply], object]] = []
+        # Nearly always one callback (the connection's): no list for it.
+        self._callback: Callable[[Reply], object] | None = None
+        self._more: list[Callable[[Reply], object]] | None = None
 
     def done(self) -> bool:
         return self._done
@@ -45,8 +47,12 @@ class Reply:
         if self._done:
             # As a future does: never inside the caller's own frame.
             asyncio.get_running_loop().call_soon(callback, self)
+        elif self._callback is None:
+            self._callback = callback
+        elif self._more is None:
+            self._more = [callback]
         else:
-            self._callbacks.append(callback)
+            self._more.append(callback)
 
     def set_result(self, value: Any) -> None:
         self._finish(value, None)
@@ -60,14 +66,20 @@ class Reply:
         self._done = True
         self._result = value
         self._error = error
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception as exc:
-                asyncio.get_running_loop().call_exception_handler(
-                    {"message": "a Redis reply's callback failed", "exception": exc}
-                )
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            self._run(callback)
+        more, self._more = self._more, None
+        for callback in more or ():
+            self._run(callback)
+
+    def _run(self, callback: Callable[[Reply], object]) -> None:
+        try:
+            callback(self)
+        except Exception as exc:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a Redis reply's callback failed", "exception": exc}
+            )
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future that settles with this reply (for asyncio.wait and await)."""

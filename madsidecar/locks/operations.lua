@@ -35,23 +35,24 @@ while at <= last do
     elseif taken.err then
       answer = taken
     else
-      local fence = redis.pcall('INCR', fence_key)
-      if type(fence) == 'table' then
+      local counter = redis.pcall('GET', fence_key)
+      if type(counter) == 'table' then
         redis.call('DEL', key)
-        answer = fence
+        answer = counter
       else
         -- The fence is the counter plus one, but never below Redis's clock in
         -- microseconds: a counter lost with Redis's data, or rolled back by a failover to
         -- a lagging replica or a restore, still issues fences above every one issued
-        -- before. One clock reading serves the whole call.
+        -- before. One clock reading serves the whole call; one write stores the fence.
         if now == nil then
           local clock = redis.call('TIME')
           now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
         end
+        local fence = (tonumber(counter) or 0) + 1
         if fence < now then
           fence = now
-          redis.call('SET', fence_key, fence)
         end
+        redis.call('SET', fence_key, string.format('%d', fence))
         answer = {1, fence, tonumber(ARGV[at + 2])}
       end
     end
