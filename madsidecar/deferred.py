@@ -81,21 +81,17 @@ class Reply:
                 {"message": "a Redis reply's callback failed", "exception": exc}
             )
 
-    def as_future(self) -> asyncio.Future[Any]:
-        """An asyncio future that settles with this reply (for asyncio.wait and await)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.add_done_callback(partial(_settle, future))
-        return future
+    def arrival(self) -> asyncio.Future[None]:
+        """An asyncio future done (with None, whatever the reply) once this reply is in:
+        something asyncio.wait can wait on."""
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.add_done_callback(partial(_arrived, arrived))
+        return arrived
 
 
-def _settle(future: asyncio.Future[Any], reply: Reply) -> None:
-    if future.done():
-        return
-    error = reply.exception()
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(reply.result())
+def _arrived(arrived: asyncio.Future[None], _: Reply) -> None:
+    if not arrived.done():
+        arrived.set_result(None)
 
 
 # What a Deferred waits on: a Reply on the request path, else an asyncio future.
@@ -179,7 +175,7 @@ class Deferred:
         deferred = self
         while True:
             pending = deferred.pending
-            waited = pending.as_future() if isinstance(pending, Reply) else pending
+            waited = pending.arrival() if isinstance(pending, Reply) else pending
             try:
                 # wait(), not await: a cancelled caller must not cancel the Redis reply,
                 # which `abandoned` still needs.
