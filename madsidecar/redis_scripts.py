@@ -9,7 +9,7 @@ from functools import partial
 from importlib import resources
 from typing import Any
 
-from .deferred import Deferred
+from .deferred import Deferred, Pending
 from .redis_gateway import RedisCommandError, RedisGateway, single_part
 
 
@@ -40,11 +40,11 @@ class LuaScript:
         """`call(...)` with the reply handed straight to `then` (a failure to `on_error`,
         if given): what `.map(then).recover(on_error)` does, without a layer per step,
         for the request path."""
-        tail = (len(keys), *keys, *args)
+        request = self._request(keys, args)
         return Deferred(
-            gateway.execute("EVALSHA", self.sha, *tail),
+            self._send(gateway, request),
             then,
-            partial(self._fallback, gateway, tail, then, on_error, abandoned),
+            partial(self._fallback, gateway, request, then, on_error, abandoned),
             abandoned,
         )
 
@@ -53,17 +53,27 @@ class LuaScript:
     ) -> Any:
         return await self.call(gateway, keys, args)
 
+    def _request(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """What is sent for a call: EVALSHA's arguments after the digest."""
+        return (len(keys), *keys, *args)
+
+    def _send(self, gateway: RedisGateway, request: Any) -> Pending:
+        return gateway.execute("EVALSHA", self.sha, *request)
+
+    def _send_source(self, gateway: RedisGateway, request: Any) -> Pending:
+        return gateway.execute("EVAL", self.source, *request)
+
     def _fallback(
         self,
         gateway: RedisGateway,
-        tail: tuple[Any, ...],
+        request: Any,
         then: Callable[[Any], Any],
         on_error: Callable[[BaseException], Any] | None,
         abandoned: Callable[[], object] | None,
         error: BaseException,
     ) -> Any:
         if isinstance(error, RedisCommandError) and error.reply_code == "NOSCRIPT":
-            return Deferred(gateway.execute("EVAL", self.source, *tail), then, on_error, abandoned)
+            return Deferred(self._send_source(gateway, request), then, on_error, abandoned)
         if on_error is None:
             raise error
         return on_error(error)
@@ -97,22 +107,15 @@ class MergingScript(LuaScript):
     def command(self, parts: list[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha, *self._tail(parts))
 
-    def call_then(
-        self,
-        gateway: RedisGateway,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        then: Callable[[Any], Any],
-        on_error: Callable[[BaseException], Any] | None = None,
-        abandoned: Callable[[], object] | None = None,
-    ) -> Deferred:
-        part = (keys, args)
-        return Deferred(
-            gateway.execute_merged(self, part),
-            then,
-            partial(self._part_fallback, gateway, part, then, on_error, abandoned),
-            abandoned,
-        )
+    def _request(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return (keys, args)
+
+    def _send(self, gateway: RedisGateway, request: Any) -> Pending:
+        return gateway.execute_merged(self, request)
+
+    def _send_source(self, gateway: RedisGateway, request: Any) -> Pending:
+        # Sent alone: the parts it was merged with fall back on their own.
+        return single_part(self, gateway.execute("EVAL", self.source, *self._tail([request])))
 
     def _tail(self, parts: list[Any]) -> tuple[Any, ...]:
         keys: list[str] = []
@@ -121,20 +124,3 @@ class MergingScript(LuaScript):
             keys.extend(part_keys)
             args.extend(part_args)
         return (len(keys), *keys, *args)
-
-    def _part_fallback(
-        self,
-        gateway: RedisGateway,
-        part: tuple[Sequence[str], Sequence[Any]],
-        then: Callable[[Any], Any],
-        on_error: Callable[[BaseException], Any] | None,
-        abandoned: Callable[[], object] | None,
-        error: BaseException,
-    ) -> Any:
-        if isinstance(error, RedisCommandError) and error.reply_code == "NOSCRIPT":
-            # Sent alone: the parts it was merged with fall back on their own.
-            whole = gateway.execute("EVAL", self.source, *self._tail([part]))
-            return Deferred(single_part(self, whole), then, on_error, abandoned)
-        if on_error is None:
-            raise error
-        return on_error(error)

@@ -5,6 +5,7 @@ its own error, and its place in the link's order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,6 +31,15 @@ return reply
 """
 
 
+@pytest.fixture
+async def gateway(redis_server: RedisProcess) -> AsyncIterator[RedisGateway]:
+    started_gateway = await started(redis_server)
+    try:
+        yield started_gateway
+    finally:
+        await started_gateway.close()
+
+
 def adder() -> MergingScript:
     # The head argument is unused by the script; it shows the parts come after it.
     return MergingScript(ADD, head=("head",))
@@ -40,84 +50,60 @@ def add(script: MergingScript, gateway: RedisGateway, key: str, amount: int) -> 
 
 
 async def test_calls_queued_back_to_back_go_as_one_command_each_with_its_own_reply(
-    redis_server: RedisProcess,
+    gateway: RedisGateway,
 ) -> None:
-    gateway = await started(redis_server)
     script = adder()
-    try:
-        await add(script, gateway, "warm", 1)  # loads the script (NOSCRIPT, then EVAL)
-        before = gateway.counters.commands
-        calls = 2 * MAX_MERGED_PARTS + 1
-        replies = await asyncio.gather(*(add(script, gateway, "n", 1) for _ in range(calls)))
-        assert replies == list(range(1, calls + 1)), "each call has its own reply, in order"
-        assert gateway.counters.commands - before == 3, "merged, at most 64 calls a command"
-    finally:
-        await gateway.close()
+    await add(script, gateway, "warm", 1)  # loads the script (NOSCRIPT, then EVAL)
+    before = gateway.counters.commands
+    calls = 2 * MAX_MERGED_PARTS + 1
+    replies = await asyncio.gather(*(add(script, gateway, "n", 1) for _ in range(calls)))
+    assert replies == list(range(1, calls + 1)), "each call has its own reply, in order"
+    assert gateway.counters.commands - before == 3, "merged, at most 64 calls a command"
 
 
-async def test_a_command_between_merged_calls_keeps_its_place(
-    redis_server: RedisProcess,
+async def test_a_command_between_merged_calls_keeps_its_place(gateway: RedisGateway) -> None:
+    script = adder()
+    await add(script, gateway, "warm", 1)
+    first, between, second, after = await asyncio.gather(
+        add(script, gateway, "k", 1),
+        gateway.execute("GET", "k"),
+        add(script, gateway, "k", 10),
+        gateway.execute("GET", "k"),
+    )
+    assert (first, between, second, after) == (1, b"1", 11, b"11")
+
+
+async def test_a_failing_call_fails_alone(gateway: RedisGateway) -> None:
+    script = adder()
+    await gateway.execute("HSET", "a-hash", "field", "1")
+    ok, bad, also_ok = await asyncio.gather(
+        add(script, gateway, "x", 2),
+        add(script, gateway, "a-hash", 1),
+        add(script, gateway, "y", 3),
+        return_exceptions=True,
+    )
+    assert (ok, also_ok) == (2, 3)
+    assert isinstance(bad, RedisCommandError) and bad.reply_code == "WRONGTYPE"
+
+
+async def test_forgotten_script_each_call_sent_again_on_its_own(gateway: RedisGateway) -> None:
+    script = adder()
+    for round_ in range(3):
+        await gateway.execute("SCRIPT", "FLUSH")
+        replies = await asyncio.gather(*(add(script, gateway, "f", 1) for _ in range(10)))
+        assert replies == list(range(10 * round_ + 1, 10 * round_ + 11))
+
+
+async def test_redis_down_fails_merged_calls_at_once(
+    gateway: RedisGateway, redis_server: RedisProcess
 ) -> None:
-    gateway = await started(redis_server)
     script = adder()
-    try:
-        await add(script, gateway, "warm", 1)
-        first, between, second, after = await asyncio.gather(
-            add(script, gateway, "k", 1),
-            gateway.execute("GET", "k"),
-            add(script, gateway, "k", 10),
-            gateway.execute("GET", "k"),
-        )
-        assert (first, between, second, after) == (1, b"1", 11, b"11")
-    finally:
-        await gateway.close()
-
-
-async def test_a_failing_call_fails_alone(redis_server: RedisProcess) -> None:
-    gateway = await started(redis_server)
-    script = adder()
-    try:
-        await gateway.execute("HSET", "a-hash", "field", "1")
-        ok, bad, also_ok = await asyncio.gather(
-            add(script, gateway, "x", 2),
-            add(script, gateway, "a-hash", 1),
-            add(script, gateway, "y", 3),
-            return_exceptions=True,
-        )
-        assert (ok, also_ok) == (2, 3)
-        assert isinstance(bad, RedisCommandError) and bad.reply_code == "WRONGTYPE"
-    finally:
-        await gateway.close()
-
-
-async def test_forgotten_script_each_call_sent_again_on_its_own(
-    redis_server: RedisProcess,
-) -> None:
-    gateway = await started(redis_server)
-    script = adder()
-    try:
-        for round_ in range(3):
-            await gateway.execute("SCRIPT", "FLUSH")
-            replies = await asyncio.gather(*(add(script, gateway, "f", 1) for _ in range(10)))
-            assert replies == list(range(10 * round_ + 1, 10 * round_ + 11))
-    finally:
-        await gateway.close()
-
-
-async def test_redis_down_fails_merged_calls_at_once(redis_server: RedisProcess) -> None:
-    gateway = await started(redis_server)
-    script = adder()
-    try:
-        redis_server.kill()
-        results = await asyncio.wait_for(
-            asyncio.gather(
-                *(add(script, gateway, "d", 1) for _ in range(5)), return_exceptions=True
-            ),
-            timeout=5,
-        )
-        assert all(isinstance(result, Unavailable) for result in results)
-    finally:
-        await gateway.close()
+    redis_server.kill()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(add(script, gateway, "d", 1) for _ in range(5)), return_exceptions=True),
+        timeout=5,
+    )
+    assert all(isinstance(result, Unavailable) for result in results)
 
 
 async def test_a_reply_runs_its_callbacks_when_set_and_reports_one_that_fails() -> None:

@@ -57,12 +57,15 @@ while at <= last do
       end
     end
     key_at, at = key_at + 3, at + 4
-  elseif op == 'r' then
+  elseif op == 'r' or op == 'e' then
     local holder = redis.pcall('GET', key)
     if type(holder) == 'table' then
       answer = holder
     elseif holder ~= token then
       answer = 0
+    elseif op == 'e' then
+      redis.call('PEXPIRE', key, ARGV[at + 2])
+      answer = 1
     -- One DEL for both: it counts the waiters flag as the second key deleted.
     elseif redis.call('DEL', key, KEYS[key_at + 1]) == 2 then
       redis.call('PUBLISH', channel, key)
@@ -70,18 +73,11 @@ while at <= last do
     else
       answer = 1
     end
-    key_at, at = key_at + 2, at + 2
-  elseif op == 'e' then
-    local holder = redis.pcall('GET', key)
-    if type(holder) == 'table' then
-      answer = holder
-    elseif holder == token then
-      redis.call('PEXPIRE', key, ARGV[at + 2])
-      answer = 1
+    if op == 'r' then
+      key_at, at = key_at + 2, at + 2
     else
-      answer = 0
+      key_at, at = key_at + 1, at + 3
     end
-    key_at, at = key_at + 1, at + 3
   else
     return redis.error_reply('unknown lock operation ' .. tostring(op))
   end
