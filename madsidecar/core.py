@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -117,6 +118,7 @@ class CoreMethods(CapabilityBase):
                 "pipelines": gateway.counters.pipelines,
             },
         }
+        result["gc"] = _garbage_collector()
         cluster = gateway.cluster_status()
         if cluster is not None:
             result["redis"]["cluster"] = cluster
@@ -127,6 +129,18 @@ class CoreMethods(CapabilityBase):
     def health(self, client: Client, args: dict[str, Any]) -> Deferred:
         """A round trip to Redis through the sidecar: UNAVAILABLE when it cannot be made."""
         return Deferred(self._gateway.execute("PING"), partial(_healthy, time.perf_counter()))
+
+
+def _garbage_collector() -> dict[str, Any]:
+    """Python's cyclic collector since start: passes run, objects found in cycles (the
+    request path makes none), and the thresholds that trigger a pass."""
+    generations = gc.get_stats()
+    return {
+        "collections": sum(g["collections"] for g in generations),
+        "collected": sum(g["collected"] for g in generations),
+        "uncollectable": sum(g["uncollectable"] for g in generations),
+        "threshold": list(gc.get_threshold()),
+    }
 
 
 def _healthy(started: float, _: object) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 import msgpack
 import pytest
 
+from madsidecar.app import GC_YOUNG_THRESHOLD
 from madsidecar_client import (
     BadRequestError,
     BlockingClient,
@@ -46,6 +47,7 @@ def test_ping_and_stats(sidecar: SidecarProcess) -> None:
     assert set(stats["cache"]) >= {"l1_hits", "l2_hits", "misses", "l1_entries", "l1_bytes"}
     assert stats["locks"]["held"] == 0
     assert stats["presence"]["tracked"] == 0
+    assert stats["gc"]["threshold"][0] == GC_YOUNG_THRESHOLD, "the daemon tunes the collector"
 
 
 def test_health_is_a_round_trip_to_redis(sidecar: SidecarProcess) -> None:

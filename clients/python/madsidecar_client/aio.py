@@ -176,12 +176,14 @@ class Client:
                 raise ConnectionLostError(f"not connected to {self.path}")
         future = self._send(wire, method, params)
         timer = self._watch(future, limit)
-        if timer is None:
-            return await future
         try:
             return await future
         finally:
-            timer.cancel()
+            # A raised error's traceback holds this frame: without the future in it, error,
+            # frame and future form no cycle, and are freed at once (not by the collector).
+            del future
+            if timer is not None:
+                timer.cancel()
 
     async def pipeline(
         self,
