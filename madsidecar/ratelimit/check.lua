@@ -12,6 +12,13 @@
 -- and creating them cost more than the Redis commands.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+-- Numbers are passed to Redis as text, and Lua's number formatting costs more than a
+-- Redis command: Redis's own clock text is the score of every unit consumed here, and a
+-- window's cutoff is formatted once per call.
+local now_text = clock[1] .. string.rep('0', 6 - #clock[2]) .. clock[2]
+local cutoffs = {}
+-- Units consumed by this call so far, per counter: what keeps their members unique.
+local added = {}
 local replies = {}
 -- Per check (indexed as KEYS), from the first pass to the second: allowed, units
 -- available now, retry (us), and what consuming needs (sw: units in the window; sc:
@@ -31,7 +38,12 @@ while group_at <= #ARGV do
     local ok, wait = true, 0
     if kind == 'sw' then
       -- Exact log: one sorted-set entry per unit, scored by when it was consumed.
-      failure = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
+      local cutoff = cutoffs[ARGV[at + 3]]
+      if not cutoff then
+        cutoff = string.format('%.0f', now - window)
+        cutoffs[ARGV[at + 3]] = cutoff
+      end
+      failure = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', cutoff)
       if type(failure) == 'table' then
         break
       end
@@ -109,19 +121,25 @@ while group_at <= #ARGV do
       end
       if kind == 'sw' then
         if consumed then
-          -- Members are unique per key: one microsecond never holds the same count twice.
-          local score = string.format('%.0f', now)
-          local from = 1
-          while from <= cost do
-            local args, last = {}, math.min(cost, from + 999)
-            for unit = from, last do
-              args[#args + 1] = score
-              args[#args + 1] = score .. ':' .. (a[i] + unit)
+          -- A unit's member is the time it was consumed at, followed by how many units
+          -- this call consumed of the counter before it, if any: unique per counter.
+          local before = added[key] or 0
+          added[key] = before + cost
+          if cost == 1 and before == 0 then
+            redis.call('ZADD', key, now_text, now_text)
+          else
+            local from = 1
+            while from <= cost do
+              local args, last = {}, math.min(cost, from + 999)
+              for unit = from, last do
+                args[#args + 1] = now_text
+                args[#args + 1] = now_text .. ':' .. (before + unit)
+              end
+              redis.call('ZADD', key, unpack(args))
+              from = last + 1
             end
-            redis.call('ZADD', key, unpack(args))
-            from = last + 1
           end
-          redis.call('PEXPIRE', key, math.ceil(window / 1000))
+          redis.call('PEXPIRE', key, ARGV[at + 3])
           reset = window
         elseif a[i] > 0 then
           local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
@@ -144,7 +162,8 @@ while group_at <= #ARGV do
         local tat = a[i]
         if consumed then
           tat = b[i]
-          redis.call('SET', key, string.format('%.0f', tat), 'PX', math.max(math.ceil((tat - now) / 1000), 1))
+          -- Kept for the window, at least as long as its TAT is ahead of now.
+          redis.call('SET', key, string.format('%.0f', tat), 'PX', ARGV[at + 3])
         end
         reset = tat - now
       end
