@@ -215,6 +215,26 @@ def test_cost_counts_units_and_a_denied_hit_consumes_nothing(sidecar: SidecarPro
             assert hit(client, "cost", cost=3, **args)["remaining"] == 0
 
 
+def test_hits_of_one_counter_sent_together_each_count_every_unit(
+    sidecar: SidecarProcess, direct: redis.Redis
+) -> None:
+    """Hits written in one go reach Redis as one script call, where they share one
+    microsecond of Redis's clock: every unit still counts, in the order sent."""
+    costs = [1, 3, 1, 2, 1, 2, 1]
+    args = {"key": "together", "limit": 10, "window_ms": HOUR_MS}
+    with sidecar.client() as client:
+        calls = [("ratelimit.hit", {**args, "cost": cost}) for cost in costs]
+        client.call("ratelimit.peek", args)  # the script loaded
+        before = evalsha_calls(direct)
+        results = client.pipeline(calls)
+        assert evalsha_calls(direct) - before == 1, "one write, one script call"
+        assert [r["remaining"] for r in results] == [9, 6, 5, 3, 2, 0, 0]
+        assert [r["allowed"] for r in results] == [True] * 6 + [False]
+        assert client.call("ratelimit.peek", args)["remaining"] == 0
+    (counter,) = direct.keys("*together*")
+    assert direct.zcard(counter) == 10, "one sorted-set entry per unit consumed"
+
+
 def test_hit_many_is_all_or_nothing(sidecar: SidecarProcess) -> None:
     with sidecar.client() as client:
         ip = {"key": "ip:1", "limit": 5, "window_ms": HOUR_MS}
