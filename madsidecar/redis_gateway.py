@@ -156,6 +156,11 @@ class MergedCommand(Protocol):
 
     def command(self, parts: list[Any]) -> tuple[Any, ...]: ...
 
+    def packed(self, parts: list[Any]) -> bytes:
+        """`command(parts)` encoded in Redis's protocol (TypeError or ValueError if an
+        argument cannot be)."""
+        ...
+
 
 # Enough to amortise a command's cost many times over, small enough that one call never
 # holds Redis for long.
@@ -308,14 +313,16 @@ class _Link:
         chunks = []
         awaiting = self._awaiting_reply
         for args, waiter in batch:
-            if args is None:
-                assert type(waiter) is _Merged
-                args = waiter.kind.command(waiter.parts)
             try:
-                chunks.append(hiredis.pack_command(args))
+                if args is None:
+                    assert type(waiter) is _Merged
+                    chunks.append(waiter.kind.packed(waiter.parts))
+                else:
+                    chunks.append(hiredis.pack_command(args))
             except (TypeError, ValueError) as exc:
                 if not waiter.done():
-                    waiter.set_exception(RedisCommandError(f"cannot send {args[0]!r}: {exc}"))
+                    name = "a merged command" if args is None else repr(args[0])
+                    waiter.set_exception(RedisCommandError(f"cannot send {name}: {exc}"))
                 continue
             awaiting.append(waiter)
         self._counters.pipelines += 1

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 from .deferred import Deferred, Pending
 from .redis_gateway import RedisCommandError, RedisGateway, single_part
@@ -83,6 +83,25 @@ def _reply(value: Any) -> Any:
     return value
 
 
+# Enough for every hot counter of a busy node; past it, the memory starts afresh.
+REMEMBERED_ENCODINGS: Final = 8192
+
+
+def _bulk(value: Any) -> bytes:
+    """One argument as a Redis bulk string: the types hiredis's pack_command takes."""
+    kind = type(value)
+    data: bytes
+    if kind is str:
+        data = value.encode()
+    elif kind is bytes:
+        data = value
+    elif kind is int or kind is float:
+        data = str(value).encode()
+    else:
+        raise TypeError("A tuple item must be str, int, float or bytes.")
+    return b"$%d\r\n" % len(data) + data + b"\r\n"
+
+
 def source_beside(module_name: str, name: str) -> str:
     """The script `name` from the package of the module `module_name` (found through the
     package, not `__file__`, which a compiled module does not set reliably)."""
@@ -100,15 +119,49 @@ class MergingScript(LuaScript):
     Which keys and arguments belong to which part is the script's business: each part's
     arguments must say (an operation name, a count) how many keys it takes."""
 
-    def __init__(self, source: str, head: Sequence[Any] = ()) -> None:
+    def __init__(self, source: str, head: Sequence[Any] = (), repeated_args: bool = False) -> None:
+        """`repeated_args`: the same argument lists come back again and again (a rate
+        limit's), so their encoding is remembered rather than redone per call."""
         super().__init__(source)
         self._head = tuple(head)
+        self._encoded_head = b"".join(_bulk(arg) for arg in self._head)
+        self._prefix = b"$7\r\nEVALSHA\r\n" + _bulk(self.sha)
+        self._encoded: dict[Any, bytes] | None = {} if repeated_args else None
 
     def command(self, parts: list[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha, *self._tail(parts))
 
+    def packed(self, parts: list[Any]) -> bytes:
+        """`command(parts)` in Redis's protocol. Encoded here, not by hiredis, so that
+        what recurs (a counter's key, a rule's arguments) is encoded once: a lookup
+        instead of 0.5 us a part."""
+        keys: list[bytes] = []
+        args = [self._encoded_head]
+        count = len(self._head)
+        for part_keys, part_args in parts:
+            for key in part_keys:
+                keys.append(self._encoding(key))
+            args.append(self._encoding(part_args))
+            count += len(part_args)
+        header = b"*%d\r\n" % (3 + len(keys) + count) + self._prefix + _bulk(len(keys))
+        return header + b"".join(keys) + b"".join(args)
+
+    def _encoding(self, value: str | tuple[Any, ...]) -> bytes:
+        """A key, or a part's arguments, as bulk strings."""
+        remembered = self._encoded
+        if remembered is not None:
+            encoded = remembered.get(value)
+            if encoded is not None:
+                return encoded
+        encoded = _bulk(value) if type(value) is str else b"".join([_bulk(a) for a in value])
+        if remembered is not None:
+            if len(remembered) >= REMEMBERED_ENCODINGS:
+                remembered.clear()
+            remembered[value] = encoded
+        return encoded
+
     def _request(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return (keys, args)
+        return (keys, tuple(args))
 
     def _send(self, gateway: RedisGateway, request: Any) -> Pending:
         return gateway.execute_merged(self, request)

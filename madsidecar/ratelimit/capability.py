@@ -132,7 +132,7 @@ class RateLimits(CapabilityBase):
         self._gateway = gateway
         self._cache = cache
         self._keys = RateKeys(config.key_prefix)
-        self._check_script = MergingScript(source_beside(__name__, "check.lua"))
+        self._check_script = MergingScript(source_beside(__name__, "check.lua"), repeated_args=True)
         self._reset_script = LuaScript.beside(__name__, "reset.lua")
         self._refund_script = LuaScript.beside(__name__, "refund.lua")
         self._rules: dict[str, RateRule] = {}
@@ -589,12 +589,15 @@ def _fixed(check: Check, consume: bool) -> Decision:
     return Decision(False, 0, 0, min(DEGRADED_RETRY_MS, check.window_ms))
 
 
-def _script_args(checks: Sequence[Check], consume: bool) -> tuple[list[str], list[Any]]:
+def _script_args(checks: Sequence[Check], consume: bool) -> tuple[list[str], tuple[Any, ...]]:
     """The keys and arguments of check.lua's group for `checks`."""
-    argv: list[Any] = ["hit" if consume else "peek", len(checks)]
+    operation = "hit" if consume else "peek"
+    if len(checks) == 1:
+        return [checks[0].counter], (operation, 1, *checks[0].script_args())
+    argv: list[Any] = [operation, len(checks)]
     for check in checks:
         argv.extend(check.script_args())
-    return [check.counter for check in checks], argv
+    return [check.counter for check in checks], tuple(argv)
 
 
 class _Outcome:
