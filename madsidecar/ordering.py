@@ -4,14 +4,14 @@ barriers (a prefix invalidation) that order against everything of their group.""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from .methods import Method
 
-# A running request: its task, or the future standing for its Deferred answer.
-Task = asyncio.Future[None]
+# A running request: its task, or the call waiting on its Deferred answer. Only its
+# identity matters here; the connection makes it something to wait on.
+Task = object
 
 
 def keys_of(method: Method, args: dict[str, Any]) -> tuple[Any, ...]:
