@@ -121,7 +121,9 @@ class MergingScript(LuaScript):
 
     def __init__(self, source: str, head: Sequence[Any] = (), repeated_args: bool = False) -> None:
         """`repeated_args`: the same argument lists come back again and again (a rate
-        limit's), so their encoding is remembered rather than redone per call."""
+        limit's), so their encoding is remembered rather than redone per call. They must
+        hold only str and int: equal lists are taken to encode alike, which (1, True,
+        1.0) do not."""
         super().__init__(source)
         self._head = tuple(head)
         self._encoded_head = b"".join(_bulk(arg) for arg in self._head)

@@ -14,7 +14,7 @@ import redis
 from madsidecar.deferred import Deferred, Reply
 from madsidecar.errors import Unavailable
 from madsidecar.redis_gateway import MAX_MERGED_PARTS, RedisCommandError, RedisGateway
-from madsidecar.redis_scripts import MergingScript
+from madsidecar.redis_scripts import REMEMBERED_ENCODINGS, MergingScript
 from madsidecar_client import ServerError
 
 from .support import RedisProcess, SidecarProcess
@@ -84,6 +84,23 @@ async def test_a_failing_call_fails_alone(gateway: RedisGateway) -> None:
     )
     assert (ok, also_ok) == (2, 3)
     assert isinstance(bad, RedisCommandError) and bad.reply_code == "WRONGTYPE"
+
+
+async def test_encodings_remembered_past_their_limit_still_send_every_call_right(
+    gateway: RedisGateway,
+) -> None:
+    """A script whose arguments recur remembers their encoding, up to a limit past which
+    it starts afresh: calls on either side of that reset reach Redis intact."""
+    script = MergingScript(ADD, head=("head",), repeated_args=True)
+    keys = [f"e{i}" for i in range(REMEMBERED_ENCODINGS + 100)]
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        replies = await asyncio.gather(*(add(script, gateway, key, 1) for key in chunk))
+        assert replies == [1] * len(chunk)
+    replies = await asyncio.gather(*(add(script, gateway, key, 2) for key in keys[:300]))
+    assert replies == [3] * 300
+    with pytest.raises(RedisCommandError, match="cannot send"):
+        await adder().call(gateway, ["bad"], [True])  # hiredis's rule: no bools
 
 
 async def test_forgotten_script_each_call_sent_again_on_its_own(gateway: RedisGateway) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from madsidecar.ratelimit.capability import REMEMBERED_CHECKS
 from madsidecar_client import BadRequestError, BlockingClient, Client
 
 from .support import RedisProcess, SidecarProcess
@@ -233,6 +234,23 @@ def test_hits_of_one_counter_sent_together_each_count_every_unit(
         assert client.call("ratelimit.peek", args)["remaining"] == 0
     (counter,) = direct.keys("*together*")
     assert direct.zcard(counter) == 10, "one sorted-set entry per unit consumed"
+
+
+def test_more_keys_than_the_node_remembers_still_count_exactly(
+    sidecar: SidecarProcess,
+) -> None:
+    """The node remembers checks (and their encoded script arguments) for the keys it
+    sees most; past REMEMBERED_CHECKS keys it starts afresh, which changes no count."""
+    keys = [f"many:{i}" for i in range(REMEMBERED_CHECKS + REMEMBERED_CHECKS // 8)]
+    args = {"limit": 2, "window_ms": HOUR_MS}
+    with sidecar.client() as client:
+        for start in range(0, len(keys), 1000):
+            calls = [("ratelimit.hit", {"key": k, **args}) for k in keys[start : start + 1000]]
+            assert all(r["remaining"] == 1 for r in client.pipeline(calls))
+        again = client.pipeline([("ratelimit.hit", {"key": k, **args}) for k in keys[:200]])
+        assert [r["remaining"] for r in again] == [0] * 200
+        spent = client.pipeline([("ratelimit.hit", {"key": k, **args}) for k in keys[:200]])
+        assert not any(r["allowed"] for r in spent)
 
 
 def test_hit_many_is_all_or_nothing(sidecar: SidecarProcess) -> None:
