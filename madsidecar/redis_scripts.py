@@ -9,6 +9,8 @@ from functools import partial
 from importlib import resources
 from typing import Any, Final
 
+import hiredis
+
 from .deferred import Deferred, Pending
 from .redis_gateway import RedisCommandError, RedisGateway, single_part
 
@@ -87,6 +89,17 @@ def _reply(value: Any) -> Any:
 REMEMBERED_ENCODINGS: Final = 8192
 
 
+def _remembered_encoding(remembered: dict[Any, bytes], value: str | tuple[Any, ...]) -> bytes:
+    """A key, or a part's arguments, as bulk strings, from `remembered` if there."""
+    encoded = remembered.get(value)
+    if encoded is None:
+        encoded = _bulk(value) if type(value) is str else b"".join([_bulk(a) for a in value])
+        if len(remembered) >= REMEMBERED_ENCODINGS:
+            remembered.clear()
+        remembered[value] = encoded
+    return encoded
+
+
 def _bulk(value: Any) -> bytes:
     """One argument as a Redis bulk string: the types hiredis's pack_command takes."""
     kind = type(value)
@@ -134,33 +147,24 @@ class MergingScript(LuaScript):
         return ("EVALSHA", self.sha, *self._tail(parts))
 
     def packed(self, parts: list[Any]) -> bytes:
-        """`command(parts)` in Redis's protocol. Encoded here, not by hiredis, so that
-        what recurs (a counter's key, a rule's arguments) is encoded once: a lookup
+        """`command(parts)` in Redis's protocol. With `repeated_args`, encoded here, so
+        that what recurs (a counter's key, a rule's arguments) is encoded once: a lookup
         instead of 0.5 us a part."""
+        remembered = self._encoded
+        if remembered is None:
+            # Nothing to reuse: hiredis encodes faster than Python does.
+            packed: bytes = hiredis.pack_command(self.command(parts))
+            return packed
         keys: list[bytes] = []
         args = [self._encoded_head]
         count = len(self._head)
         for part_keys, part_args in parts:
             for key in part_keys:
-                keys.append(self._encoding(key))
-            args.append(self._encoding(part_args))
+                keys.append(_remembered_encoding(remembered, key))
+            args.append(_remembered_encoding(remembered, part_args))
             count += len(part_args)
         header = b"*%d\r\n" % (3 + len(keys) + count) + self._prefix + _bulk(len(keys))
         return header + b"".join(keys) + b"".join(args)
-
-    def _encoding(self, value: str | tuple[Any, ...]) -> bytes:
-        """A key, or a part's arguments, as bulk strings."""
-        remembered = self._encoded
-        if remembered is not None:
-            encoded = remembered.get(value)
-            if encoded is not None:
-                return encoded
-        encoded = _bulk(value) if type(value) is str else b"".join([_bulk(a) for a in value])
-        if remembered is not None:
-            if len(remembered) >= REMEMBERED_ENCODINGS:
-                remembered.clear()
-            remembered[value] = encoded
-        return encoded
 
     def _request(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return (keys, tuple(args))
