@@ -330,8 +330,9 @@ class RateLimits(CapabilityBase):
             on_down,
             shadow,
         )
-        check.hit_args = ("hit", 1, *check.script_args())
-        check.peek_args = ("peek", 1, *check.script_args())
+        script_args = check.script_args()
+        check.hit_args = ("hit", 1, *script_args)
+        check.peek_args = ("peek", 1, *script_args)
         return check
 
     def _unknown_rule(self, method: str, name: str) -> BadRequest:
