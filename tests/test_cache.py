@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import signal
 import threading
 import time
 
@@ -19,7 +20,7 @@ from madsidecar_client import (
     UnavailableError,
 )
 
-from .support import RedisProcess, SidecarProcess, running_sidecar
+from .support import RedisProcess, SidecarProcess, running_sidecar, wait_until
 
 
 def cache_get(client: BlockingClient, key: str) -> dict | None:
@@ -564,6 +565,65 @@ def test_redis_down_serves_l1_marks_stale_and_refuses_writes(
             assert time.monotonic() < deadline
         # Redis came back empty (no persistence): L1 was flushed, nothing stale survives.
         assert cache_get(client, "keep") is None
+
+
+def test_a_node_cut_off_from_redis_marks_what_l1_serves_stale(
+    redis_server: RedisProcess,
+) -> None:
+    """Redis is down for one node only (its ACL user disabled, its connections cut): the
+    other node still writes, so the cut-off node cannot prove an L1 entry current, even
+    one within its freshness. It may serve it, marked `stale`; never as current."""
+    import redis
+
+    direct = redis.Redis(unix_socket_path=redis_server.socket_path)
+    direct.acl_setuser("cut", enabled=True, passwords=["+pw"], keys="*", channels="*",
+                       commands=["+@all"])  # fmt: skip
+    env = {"MADSIDECAR_REDIS_USERNAME": "cut", "MADSIDECAR_REDIS_PASSWORD": "pw"}
+    cut_args = ["--node-id", "cut", "--redis-timeout-ms", "300"]
+    with (
+        running_sidecar(redis_server, extra_args=cut_args, env=env) as cut,
+        running_sidecar(redis_server, extra_args=["--node-id", "writer"]) as other,
+        cut.client() as reader,
+        other.client() as writer,
+    ):
+        writer.call("cache.set", {"key": "k", "value": "old"})
+        warm_l1(reader, "k")
+        direct.acl_setuser("cut", enabled=False)
+        direct.execute_command("CLIENT", "KILL", "USER", "cut")
+        wait_until(lambda: reader.stats()["redis"]["connected"] is False, 5.0)
+        writer.call("cache.set", {"key": "k", "value": "new"})
+        served = cache_get(reader, "k")
+        assert served is not None
+        assert served["value"] == "new" or served.get("stale") is True, served
+        assert reader.stats()["cache"]["stale_served"] >= 1
+    direct.close()
+
+
+def test_hung_redis_turns_l1_off_then_back_on_without_a_flush(
+    redis_server: RedisProcess,
+) -> None:
+    """SIGSTOP: the probe cannot be written, so nothing proves L1 current (the hang may be
+    this node's link alone) and its answers come marked stale. The feed's connection
+    never broke, so once a probe comes back L1 serves again what it held."""
+    args = ["--redis-timeout-ms", "300", "--cache-probe-interval-ms", "100"]
+    assert redis_server.process is not None
+    with running_sidecar(redis_server, extra_args=args) as side, side.client() as client:
+        client.call("cache.set", {"key": "keep", "value": "kept"})
+        warm_l1(client, "keep")
+        flushes = client.stats()["cache"]["flushes"]
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: client.stats()["cache"]["feed_live"] is False, 5.0)
+            served = cache_get(client, "keep")
+            assert served is not None
+            assert (served["value"], served["source"], served.get("stale")) == ("kept", "l1", True)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: client.stats()["cache"]["feed_live"] is True, 10.0)
+        served = cache_get(client, "keep")
+        assert served is not None and (served["value"], served["source"]) == ("kept", "l1")
+        assert client.stats()["cache"]["flushes"] == flushes
+        assert "probe not written" in side.log()
 
 
 # -- configuration -----------------------------------------------------------------------

@@ -138,6 +138,8 @@ class Cache(CapabilityBase):
         )
         self._feed_live = False
         self._was_live = False
+        # Set when the feed broke after L1 was used: invalidations may have been lost.
+        self._feed_broke = False
         self._feed_live_event = asyncio.Event()
         self._probe_nonce = 0
         self._probe_seen = asyncio.Event()
@@ -362,16 +364,16 @@ class Cache(CapabilityBase):
             log.warning("cache_value_not_msgpack", key=key, hint="written by another program?")
 
     def _stale_fallback(self, key: str) -> Packed | None:
-        """Redis is down: an L1 entry is the best answer there is, marked if past its
-        L1 freshness (while Redis is down nobody can change L2, so an entry within its
-        freshness is as current as any answer can be)."""
+        """Redis is down for this node: an L1 entry is the best answer there is, marked
+        stale unless the feed still proves it current. Redis may be down for this node
+        alone while other nodes still write, so without a live feed nothing is."""
         entry = self._l1.get(key)
         if entry is None:
             return None
         now = time.monotonic()
         if now - entry.stored_at > self._config.cache_stale_max_ms / 1000:
             return None
-        stale = now >= entry.fresh_until
+        stale = not self._feed_live or now >= entry.fresh_until
         if stale:
             self._stats.stale_served += 1
         return self._entry(entry.raw, _SOURCE_L1, _remaining_ms(entry, now), stale)
@@ -675,6 +677,7 @@ class Cache(CapabilityBase):
     def feed_down(self, reason: str) -> None:
         if self._feed_live:
             log.warning("cache_l1_off", reason=reason)
+        self._feed_broke = self._was_live
         self._set_feed_live(False)
 
     def _set_feed_live(self, live: bool) -> None:
@@ -685,11 +688,13 @@ class Cache(CapabilityBase):
         for _, listener in self._listeners:
             listener.all_invalidated()
         if live:
-            if self._was_live:
-                # Invalidations may have been missed while the feed was broken.
+            # L1 off on an unbroken feed kept receiving invalidations: nothing to flush.
+            flush = self._feed_broke
+            self._feed_broke = False
+            if flush:
                 self._flush("invalidation feed proven live again")
             self._feed_live_event.set()
-            if self._config.cache_warm and self._was_live:
+            if self._config.cache_warm and flush:
                 # At start `warm_up` does this before READY=1; later, after each flush.
                 self._background.start(self._warm_targets(self._config.cache_warm))
             self._was_live = True
@@ -709,7 +714,7 @@ class Cache(CapabilityBase):
         log.info("cache_l1_flushed", reason=reason, entries=had)
 
     async def _probe_loop(self) -> None:
-        """Write the probe key; its invalidation must come back through the feed."""
+        """Every interval, prove the feed live; L1 is used only while it is."""
         interval = self._config.cache_probe_interval_ms / 1000
         patience = max(interval, self._gateway.timeout_s) * 2
         while True:
@@ -718,29 +723,42 @@ class Cache(CapabilityBase):
             self._probe_now.clear()
             if not self._feed.connected:
                 continue
-            self._probe_seen.clear()
-            self._probe_nonce += 1
-            # One probe per master in a cluster: each master's tracker must prove itself.
-            probes = self._feed.probe_keys(self._keys.probe)
-            self._probes_unseen = set(probes)
             try:
-                await asyncio.gather(
-                    *(
-                        self._gateway.execute("SET", probe, self._probe_nonce, "PX", 60_000)
-                        for probe in probes
-                    )
-                )
-            except SidecarError:
-                continue  # Redis is down; the feed will say so itself
-            try:
-                await asyncio.wait_for(self._probe_seen.wait(), patience)
+                await self._probe(patience)
+            except SidecarError as exc:
+                # Redis did not take the probe, maybe for this node alone while others
+                # write: nothing is proven, so L1 goes off. The feed keeps its connection;
+                # what it delivers meanwhile still counts, so no flush when it proves live.
+                if self._feed_live:
+                    log.warning("cache_l1_off", reason=f"probe not written: {exc}")
+                self._set_feed_live(False)
+                continue
             except TimeoutError:
+                self._feed_broke = self._was_live
                 self._set_feed_live(False)
                 self._feed.restart(f"probe invalidation not seen within {patience:.1f} s")
                 continue
             if not self._feed_live:
                 log.info("cache_l1_on")
             self._set_feed_live(True)
+
+    async def _probe(self, patience: float) -> None:
+        """Write the probe key(s); their invalidations must come back through the feed
+        within `patience` of the start, the write included, which bounds how long a
+        silently broken feed goes unnoticed."""
+        self._probe_seen.clear()
+        self._probe_nonce += 1
+        # One probe per master in a cluster: each master's tracker must prove itself.
+        probes = self._feed.probe_keys(self._keys.probe)
+        self._probes_unseen = set(probes)
+        async with asyncio.timeout(patience):
+            await asyncio.gather(
+                *(
+                    self._gateway.execute("SET", probe, self._probe_nonce, "PX", 60_000)
+                    for probe in probes
+                )
+            )
+            await self._probe_seen.wait()
 
 
 def _discard(future: Any) -> None:
